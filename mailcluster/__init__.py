@@ -1,0 +1,1 @@
+"""mailcluster: deploys and proves a university mail service."""

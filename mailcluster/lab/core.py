@@ -1,0 +1,254 @@
+"""Bringing the lab up and down, and what it tells other tools (`info --json`)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mailcluster.lab import config, daemons, homes, image, machines, net, pki
+from mailcluster.lab.system import LabError, log, mounts_under, ok, run
+from mailcluster.lab.topology import Machine
+from mailcluster.lab.topology import machines as topology_machines
+
+
+@contextmanager
+def _locked() -> Iterator[None]:
+    """One `up`/`down` at a time on this host, whichever checkout runs it."""
+    config.VAR.mkdir(parents=True, exist_ok=True)
+    with open(config.VAR / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+# -- secrets kept across down/up (the checkout's state folder) -------------------------
+
+
+def _ssh_key() -> tuple[Path, str]:
+    d = config.SECRETS / "ssh"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = d / "id_ed25519"
+    if not key.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailcluster-lab", "-f", key])
+    return key, (d / "id_ed25519.pub").read_text()
+
+
+def accounts() -> list[dict[str, Any]]:
+    """Test users with their IMAP/SMTP passwords: generated once, kept across `up`s."""
+    path = config.SECRETS / "accounts.json"
+    known: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        known = {a["user"]: a for a in json.loads(path.read_text())}
+    out = []
+    for i, user in enumerate(config.TEST_USERS):
+        entry = known.get(user) or {"user": user, "password": secrets.token_urlsafe(12)}
+        entry["uid"] = config.FIRST_UID + i
+        out.append(entry)
+    if [a for a in out if a["user"] not in known] or not path.exists():
+        config.SECRETS.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.chmod(0o600)
+        tmp.rename(path)
+    return out
+
+
+def _write_site(ms: list[Machine], key: Path, cert: Path, ca: Path) -> None:
+    """The lab's site configuration: the same schema production uses."""
+    site = {
+        "domain": config.DOMAIN,
+        "service_names": {s: f"{s}.{config.DOMAIN}" for s in ("imap", "smtp", "webmail")},
+        "hosts": [{"name": m.name, "address": m.address, "groups": list(m.groups)} for m in ms],
+        "ntp_servers": [str(config.GATEWAY)],
+        "apt_proxy": daemons.apt_proxy_url(),
+        "smarthost": f"{config.GATEWAY}::{config.SINK_PORT}",
+        "unattended_upgrades": True,
+        "tls": {"ca_cert": str(ca), "cert": str(cert), "key": str(key)},
+        "secrets_dir": str(config.SECRETS / "site"),
+    }
+    header = "# Written by `python -m mailcluster.lab up`; regenerated on every up.\n"
+    config.SITE_FILE.write_text(header + yaml.safe_dump(site, sort_keys=False))
+
+
+def _write_ssh_config(ms: list[Machine], key: Path) -> None:
+    known = config.STATE / "known_hosts"
+    known.write_text("".join(machines.host_key_line(m) for m in ms))
+    blocks = [
+        f"Host {m.name} {m.machine_name} {m.address}\n"
+        f"    HostName {m.address}\n"
+        "    User root\n"
+        f"    IdentityFile {key}\n"
+        "    IdentitiesOnly yes\n"
+        f"    UserKnownHostsFile {known}\n"
+        "    StrictHostKeyChecking yes\n"
+        "    ControlMaster auto\n"
+        f"    ControlPath {config.STATE}/cm-%C\n"
+        "    ControlPersist 60s\n"
+        for m in ms
+    ]
+    config.SSH_CONFIG.write_text("# Written by the mailcluster lab.\n" + "\n".join(blocks))
+
+
+# -- state ------------------------------------------------------------------------------
+
+
+def load_state() -> dict[str, Any] | None:
+    if not config.STATE_FILE.exists():
+        return None
+    return json.loads(config.STATE_FILE.read_text())
+
+
+def _healthy(state: dict[str, Any] | None, topology: str) -> bool:
+    if not state or state.get("topology") != topology:
+        return False
+    ms = [Machine(h["name"], h["address"], tuple(h["groups"])) for h in state["hosts"]]
+    return (
+        ok(["ip", "link", "show", config.BRIDGE])
+        and ok(["nft", "list", "table", "inet", config.NFT_TABLE])
+        and ok(["mountpoint", "-q", config.HOMES])
+        and all(machines._ssh_ready(m.address) for m in ms)
+    )
+
+
+# -- up / down --------------------------------------------------------------------------
+
+
+def up(topology: str) -> None:
+    with _locked():
+        if _healthy(load_state(), topology):
+            daemons.start_apt_proxy()
+            daemons.start_ntp()
+            daemons.start_sink()
+            log(f"lab already up ({topology}); nothing to do")
+            return
+        _down()  # whatever a killed run or another checkout left behind
+        started = time.monotonic()
+        ms = topology_machines(topology)
+        config.STATE.mkdir(parents=True, exist_ok=True)
+        config.STATE.chmod(0o700)
+        resolvers = net.host_resolvers()
+        net.up(net.mirror_addresses(), resolvers)
+        daemons.start_apt_proxy()
+        daemons.start_ntp()
+        daemons.start_sink()
+        base = image.ensure_base_image(daemons.apt_proxy_url())
+        homes.up()
+        users = accounts()
+        for u in users:
+            homes.add_user(u["user"], u["uid"], u["uid"])
+        key, pub = _ssh_key()
+        names = [f"{s}.{config.DOMAIN}" for s in ("imap", "smtp", "webmail")]
+        names += [f"{m.name}.{config.DOMAIN}" for m in ms] + [m.name for m in ms]
+        tls_key, tls_cert = pki.ensure_leaf(names, [m.address for m in ms])
+        _, ca = pki.ensure_ca()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda m: machines.create(m, base, pub, users), ms))
+        for m in ms:
+            machines.start(m)
+        with ThreadPoolExecutor(max_workers=len(ms)) as pool:
+            list(pool.map(machines.wait_booted, ms))
+        _write_ssh_config(ms, key)
+        _write_site(ms, tls_key, tls_cert, ca)
+        state = {
+            "topology": topology,
+            "hosts": [{"name": m.name, "address": m.address, "groups": list(m.groups)} for m in ms],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        config.STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
+        log(f"lab up: {len(ms)} machines ({topology}) in {time.monotonic() - started:.1f}s")
+
+
+def _down() -> None:
+    machines.destroy_all()
+    daemons.stop_all()
+    for point in mounts_under(config.VAR):
+        if not ok(["umount", point]):
+            run(["umount", "-l", point])
+    net.down()
+    if config.MACHINES.exists():
+        shutil.rmtree(config.MACHINES)
+    config.HOMES_IMAGE.unlink(missing_ok=True)
+    if config.RUN.exists():
+        shutil.rmtree(config.RUN)
+    config.STATE_FILE.unlink(missing_ok=True)
+    for ctl in config.STATE.glob("cm-*"):
+        ctl.unlink(missing_ok=True)
+
+
+def down(purge: bool = False) -> None:
+    with _locked():
+        _down()
+        if purge:
+            shutil.rmtree(config.CACHE, ignore_errors=True)
+            shutil.rmtree(config.STATE, ignore_errors=True)
+    log("lab down" + (" (caches and state purged)" if purge else ""))
+
+
+def leftovers() -> list[str]:
+    """Machine-wide traces of a lab: what `down` must leave none of."""
+    found = []
+    if ok(["ip", "link", "show", config.BRIDGE]):
+        found.append(f"bridge {config.BRIDGE}")
+    if ok(["nft", "list", "table", "inet", config.NFT_TABLE]):
+        found.append(f"nft table inet {config.NFT_TABLE}")
+    found += [f"mount {p}" for p in mounts_under(config.VAR)]
+    from mailcluster.lab.system import processes_under
+
+    found += [f"process {pid}" for pid in processes_under(str(config.VAR))]
+    if config.MACHINES.exists() and any(config.MACHINES.iterdir()):
+        found.append(f"machine folders in {config.MACHINES}")
+    return found
+
+
+# -- info -------------------------------------------------------------------------------
+
+
+def info() -> dict[str, Any]:
+    state = load_state()
+    if state is None:
+        raise LabError("the lab is not up (no state in .lab/); run: python -m mailcluster.lab up")
+    hosts = state["hosts"]
+    mail = [h for h in hosts if "mail" in h["groups"]]
+    web = [h for h in hosts if "webmail" in h["groups"]]
+    return {
+        "domain": config.DOMAIN,
+        "topology": state["topology"],
+        "ca_cert": str(config.SECRETS / "tls" / "ca.pem"),
+        "ssh_config": str(config.SSH_CONFIG),
+        "site_file": str(config.SITE_FILE),
+        "hosts": hosts,
+        # Addresses, not names: the lab host has no DNS for the lab domain, and the
+        # certificates carry every address as a subjectAltName, so TLS verifies.
+        "endpoints": {
+            "imap": mail[0]["address"],
+            "smtp": mail[0]["address"],
+            "webmail": f"https://{web[0]['address']}/",
+        },
+        "accounts": [{"user": a["user"], "password": a["password"]} for a in accounts()],
+        "sink": str(config.SINK_DIR),
+        "sink_smtp": f"{config.GATEWAY}:{config.SINK_PORT}",
+    }
+
+
+def status() -> tuple[bool, str]:
+    state = load_state()
+    if state is None:
+        rest = leftovers()
+        return False, "down" + (f" (leftovers: {', '.join(rest)})" if rest else "")
+    lines = [f"topology {state['topology']}"]
+    up_all = True
+    for h in state["hosts"]:
+        ready = machines._ssh_ready(h["address"])
+        up_all &= ready
+        lines.append(f"{h['name']:<12} {h['address']:<12} {','.join(h['groups']):<12} "
+                     f"{'up' if ready else 'DOWN'}")
+    return up_all, "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Which machines a lab topology has: the same names and groups as a real inventory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailcluster import site as site_mod
+from mailcluster.lab import config
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str  # the host name inside the machine and in inventories
+    address: str
+    groups: tuple[str, ...]
+
+    @property
+    def machine_name(self) -> str:  # the nspawn machine name: prefixed, found by `down`
+        return f"{config.MACHINE_PREFIX}{self.name}"
+
+
+# small: the least that exercises everything (two mail nodes prove proxying and
+# per-user backends; the webmail node holds the database, as a small site would).
+SMALL = [("mail01", ("mail",)), ("mail02", ("mail",)), ("webmail01", ("webmail", "db"))]
+
+TOPOLOGIES = ("small", "full")
+
+
+def machines(topology: str) -> list[Machine]:
+    if topology == "small":
+        layout = SMALL
+    elif topology == "full":
+        # full: the production inventory's hosts, same names and groups, lab addresses.
+        prod = site_mod.load(config.PRODUCTION_SITE)
+        layout = [(h.name, tuple(h.groups)) for h in prod.hosts]
+    else:
+        raise ValueError(f"unknown topology {topology!r} (choose from {', '.join(TOPOLOGIES)})")
+    base = config.SUBNET.network_address + config.FIRST_HOST
+    return [Machine(name, str(base + i), groups) for i, (name, groups) in enumerate(layout)]

@@ -1,0 +1,238 @@
+"""The site configuration: its schema (the one place defaults and limits live) and its loader.
+
+Every run reads one YAML file (``group_data/site.yaml`` unless ``MAILCLUSTER_SITE`` names
+another; the lab inventory uses the lab's own). It is validated here, before pyinfra
+connects to any host; a bad value raises :class:`SiteError`, whose message names the file,
+the field and the problem.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SITE_FILE = REPO_ROOT / "group_data" / "site.yaml"
+SITE_ENV = "MAILCLUSTER_SITE"
+# The lab's git-ignored state folder: the only place inside the checkout secrets may be.
+LAB_STATE = REPO_ROOT / ".lab"
+
+# RFC 1123 host label: what every resolver and certificate accepts.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+
+
+def _host_name(value: str) -> str:
+    if not re.fullmatch(_LABEL, value):
+        raise ValueError(f"{value!r} is not a host name (lowercase letters, digits, '-')")
+    return value
+
+
+def _domain_name(value: str) -> str:
+    if not re.fullmatch(rf"{_LABEL}(?:\.{_LABEL})+", value):
+        raise ValueError(f"{value!r} is not a fully qualified domain name")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
+DomainName = Annotated[str, AfterValidator(_domain_name)]
+# Roles the deploy knows; a typo in a group would otherwise silently deploy nothing.
+GroupName = Literal["mail", "webmail", "db"]
+
+
+class SiteError(Exception):
+    """An invalid site configuration: the message names file, field and problem."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a misspelt setting must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Host(_Strict):
+    name: HostName
+    address: ipaddress.IPv4Address
+    groups: list[GroupName] = Field(min_length=1)
+
+
+class TLS(_Strict):
+    """Paths on the machine running the deploy; the files never live in the repo."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+    @field_validator("ca_cert", "cert", "key")
+    @classmethod
+    def _outside_repo(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path (TLS material lives outside the repo)")
+        resolved = value.resolve()
+        if resolved.is_relative_to(REPO_ROOT) and not resolved.is_relative_to(LAB_STATE):
+            raise ValueError("must not point into the repository: secrets are never committed")
+        return value
+
+
+class Site(_Strict):
+    domain: DomainName
+    # Users are told these names (SERVICE.md); certificates cover them.
+    service_names: dict[Literal["imap", "smtp", "webmail"], DomainName]
+    hosts: list[Host] = Field(min_length=1)
+    # Asia/Tokyo: the university's own zone; logs and Date: headers read as users expect.
+    timezone: str = "Asia/Tokyo"
+    # Dovecot on shared storage needs synced clocks (it refuses to run when time jumps back).
+    ntp_servers: list[str] = Field(min_length=1)
+    # Security updates only: feature updates of Dovecot/Exim are a deliberate deploy.
+    unattended_upgrades: bool = True
+    # An HTTP proxy for apt (the lab's package cache; sites behind a proxy). None: direct.
+    apt_proxy: str | None = None
+    # Where Exim sends mail for other domains; None: direct MX delivery.
+    smarthost: str | None = None
+    # Webmail attachment limit: 2 MB is what users are told (SERVICE.md, "WebMail").
+    attachment_max_bytes: int = Field(default=2 * 1024 * 1024, gt=0, le=100 * 1024 * 1024)
+    tls: TLS
+    # Generated secrets (password hashes, master-user secret) on the deploying machine.
+    secrets_dir: Path
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*", value):
+            raise ValueError(f"{value!r} is not a tz database name like 'Asia/Tokyo'")
+        return value
+
+    @field_validator("apt_proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+/?", value):
+            raise ValueError(f"{value!r} is not an http://host:port URL")
+        return value
+
+    @field_validator("secrets_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path outside the repository")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_hosts(self) -> Site:
+        names = [h.name for h in self.hosts]
+        addresses = [h.address for h in self.hosts]
+        for label, values in (("name", names), ("address", addresses)):
+            dupes = sorted({str(v) for v in values if values.count(v) > 1})  # type: ignore[arg-type]
+            if dupes:
+                raise ValueError(f"hosts: duplicate {label} {', '.join(dupes)}")
+        for group in ("mail", "webmail"):
+            if not self.in_group(group):
+                raise ValueError(f"hosts: no host in group {group!r}")
+        return self
+
+    # -- derived views -------------------------------------------------------------
+
+    def in_group(self, group: str) -> list[Host]:
+        return [h for h in self.hosts if group in h.groups]
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def fqdn(self, name: str) -> str:
+        return f"{name}.{self.domain}"
+
+    def groups(self) -> dict[str, list[Host]]:
+        out: dict[str, list[Host]] = {}
+        for h in self.hosts:
+            for g in h.groups:
+                out.setdefault(g, []).append(h)
+        return out
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse(data: Any, source: str) -> Site:
+    """Validate already-loaded YAML data; ``source`` names the file in errors."""
+    if not isinstance(data, dict):
+        raise SiteError(f"{source}: (top level): expected a mapping of settings")
+    try:
+        return Site.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] not in ("value_error", "missing") and "input" in err:
+                msg += f" (got {err['input']!r})"
+            lines.append(f"{source}: {_field_path(err['loc'])}: {msg}")
+        raise SiteError("\n".join(lines)) from None
+
+
+def load(path: Path | str) -> Site:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SiteError(f"{path}: cannot read site configuration: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SiteError(f"{path}: not valid YAML: {exc}") from None
+    return parse(data, str(path))
+
+
+_selected: Path | None = None
+
+
+def select(path: Path | str) -> None:
+    """Called by an inventory: the site file this run uses."""
+    global _selected
+    _selected = Path(path)
+
+
+def selected_path() -> Path:
+    if _selected is not None:
+        return _selected
+    return Path(os.environ.get(SITE_ENV) or DEFAULT_SITE_FILE)
+
+
+def current() -> Site:
+    return load(selected_path())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mailcluster.site [FILE]``: validate a site file without touching a host."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0]) if args else selected_path()
+    try:
+        site = load(path)
+    except SiteError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{g}: {len(hs)}" for g, hs in site.groups().items())
+    print(f"{path}: valid ({site.domain}; {len(site.hosts)} hosts; {counts})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
