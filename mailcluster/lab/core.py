@@ -152,10 +152,9 @@ def up(topology: str) -> None:
         _, ca = pki.ensure_ca()
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda m: machines.create(m, base, pub, users), ms))
-        for m in ms:
-            machines.start(m)
+        procs = [machines.start(m) for m in ms]
         with ThreadPoolExecutor(max_workers=len(ms)) as pool:
-            list(pool.map(machines.wait_booted, ms))
+            list(pool.map(machines.wait_booted, ms, procs))
         _write_ssh_config(ms, key)
         _write_site(ms, tls_key, tls_cert, ca)
         state = {

@@ -72,7 +72,7 @@ def host_key_line(m: Machine) -> str:
     return f"{m.name},{m.address} {pub[0]} {pub[1]}\n"
 
 
-def start(m: Machine) -> None:
+def start(m: Machine) -> subprocess.Popen[bytes]:
     d = machine_dir(m)
     cmd = [
         "systemd-nspawn", "--boot", f"--machine={m.machine_name}", f"--directory={d / 'root'}",
@@ -88,8 +88,8 @@ def start(m: Machine) -> None:
     if "mail" in m.groups:
         cmd.append(f"--bind={config.HOMES}:/home")
     log = open(d / "nspawn.log", "ab")  # noqa: SIM115 -- handed to the child
-    subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                     start_new_session=True)
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _ssh_ready(address: str) -> bool:
@@ -101,17 +101,17 @@ def _ssh_ready(address: str) -> bool:
         return False
 
 
-def wait_booted(m: Machine) -> None:
+def wait_booted(m: Machine, nspawn: subprocess.Popen[bytes]) -> None:
+    def booted() -> bool:
+        if nspawn.poll() is not None:
+            raise LabError(f"systemd-nspawn for {m.name} exited ({nspawn.returncode})")
+        return _ssh_ready(m.address)
+
     try:
-        wait_until(f"{m.name} ({m.address}) to answer SSH", lambda: _ssh_ready(m.address),
-                   config.BOOT_TIMEOUT_S)
+        wait_until(f"{m.name} ({m.address}) to answer SSH", booted, config.BOOT_TIMEOUT_S)
     except LabError:
         tail = (machine_dir(m) / "nspawn.log").read_text(errors="replace")[-1500:]
         raise LabError(f"{m.name} did not boot; end of its log:\n{tail}") from None
-
-
-def running() -> bool:
-    return bool(processes_under(str(config.MACHINES)))
 
 
 def destroy_all() -> None:

@@ -14,6 +14,8 @@ from mailcluster.lab.system import LabError, ok, run
 # Ports the mirror serves apt on; DNS on both transports (TCP for large answers).
 MIRROR_PORTS = (80, 443)
 DNS_PORT = 53
+# nspawn names a machine's host-side veth "vb-" + machine name (hashed past 15 chars).
+VETH_PREFIX = f"vb-{config.PREFIX}"
 
 
 def host_resolvers() -> list[str]:
@@ -92,12 +94,12 @@ def up(mirrors: list[str], resolvers: list[str]) -> None:
 def down() -> None:
     if ok(["nft", "list", "table", "inet", config.NFT_TABLE]):
         run(["nft", "delete", "table", "inet", config.NFT_TABLE])
+    # Host-side veths of killed machines (before the bridge: found by their master).
+    for link in json.loads(run(["ip", "-j", "link", "show"]).stdout):
+        if link.get("master") == config.BRIDGE or link["ifname"].startswith(VETH_PREFIX):
+            run(["ip", "link", "del", link["ifname"]], check=False)
     if ok(["ip", "link", "show", config.BRIDGE]):
         run(["ip", "link", "del", config.BRIDGE])
-    # Host-side veths of killed machines whose peers are gone.
-    for link in json.loads(run(["ip", "-j", "link", "show"]).stdout):
-        if link.get("master") == config.BRIDGE:
-            run(["ip", "link", "del", link["ifname"]], check=False)
 
 
 def live_ruleset() -> dict[str, object]:

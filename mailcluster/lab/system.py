@@ -53,7 +53,12 @@ def wait_until(what: str, probe: Callable[[], bool], timeout: float, interval: f
 
 
 def processes_under(marker: str) -> list[int]:
-    """PIDs whose command line or root directory mentions ``marker`` (a lab path)."""
+    """PIDs whose command line or root file system mentions ``marker`` (a lab path).
+
+    A machine's processes live in their own mount namespace; their root mount (an overlay
+    whose options name the machine's folder) identifies them even after the nspawn that
+    started them was killed and they were reparented.
+    """
     me = os.getpid()
     found = []
     for entry in Path("/proc").iterdir():
@@ -61,10 +66,14 @@ def processes_under(marker: str) -> list[int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            root = os.readlink(entry / "root")
-        except OSError:
+            root_mount = next(
+                (line for line in (entry / "mountinfo").read_text().splitlines()
+                 if line.split()[4] == "/"),
+                "",
+            )
+        except (OSError, IndexError):
             continue
-        if marker in cmdline or root.startswith(marker):
+        if marker in cmdline or marker in root_mount:
             found.append(int(entry.name))
     return found
 

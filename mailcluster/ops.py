@@ -1,0 +1,75 @@
+"""Operations shared by the roles: a managed file validated before it goes live."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import shlex
+from io import StringIO
+from typing import Any
+
+from pyinfra import host, logger, state
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.facts.files import File, FileContents, Sha1File
+
+from mailcluster.templating import render
+
+
+@operation()
+def managed_file(
+    dest: str,
+    template: str,
+    context: dict[str, Any] | None = None,
+    validate: str | None = None,
+    mode: str = "644",
+    user: str = "root",
+    group: str = "root",
+    comment: str = "#",
+    banner: bool = True,
+):
+    """Render ``template`` to ``dest``; the live file changes only if the candidate validates.
+
+    + validate: a shell command run on the candidate, ``{path}`` standing for its path
+      (``doveconf -n -c {path}``, ``exim -bV -C {path}``); on failure the candidate is
+      removed, the live file and the running service are untouched, and the run stops.
+    + banner: False only for files whose format has no comments (/etc/timezone).
+    """
+    content = render(template, comment=comment, banner=banner, **(context or {}))
+    digest = hashlib.sha1(content.encode()).hexdigest()
+    remote = host.get_fact(File, path=dest)
+    # pyinfra's File fact reports mode as the octal digits read as decimal (0o640 -> 640).
+    want_mode = int(mode)
+
+    if remote and host.get_fact(Sha1File, path=dest) == digest:
+        # Same content: only ownership and mode may need mending.
+        q = shlex.quote(dest)
+        if remote["user"] != user or remote["group"] != group:
+            yield StringCommand(f"chown {user}:{group} {q}")
+        if remote["mode"] != want_mode:
+            yield StringCommand(f"chmod {mode} {q}")
+        return
+
+    if state.config.DIFF:
+        old = host.get_fact(FileContents, path=dest) if remote else []
+        host.log(f"Will {'modify' if remote else 'create'} {dest}", logger.info)
+        for line in difflib.unified_diff(
+            [line + "\n" for line in (old or [])],
+            content.splitlines(keepends=True),
+            fromfile=f"{dest} (live)",
+            tofile=f"{dest} (templates/{template})",
+        ):
+            logger.info("  %s", line.rstrip("\n"))
+
+    candidate = f"{dest}.mailcluster-new"
+    q_cand, q_dest = shlex.quote(candidate), shlex.quote(dest)
+    yield StringCommand(f"mkdir -p {shlex.quote(dest.rsplit('/', 1)[0] or '/')}")
+    yield FileUploadCommand(StringIO(content), candidate)
+    # Ownership and mode before the rename: the live name never holds a looser file.
+    yield StringCommand(f"chown {user}:{group} {q_cand} && chmod {mode} {q_cand}")
+    if validate:
+        check = validate.format(path=q_cand)
+        yield StringCommand(
+            f"if ! out=$({check} 2>&1); then rm -f {q_cand}; "
+            f"echo \"validation failed, {dest} left unchanged: $out\" >&2; exit 1; fi"
+        )
+    yield StringCommand(f"mv -f {q_cand} {q_dest}")

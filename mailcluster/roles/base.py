@@ -1,0 +1,112 @@
+"""The base role, on every host: identity, clock, packages, SSH and security updates."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from mailcluster import platform
+from mailcluster.ops import managed_file
+from mailcluster.site import Site
+
+# What every host needs before any service role: time sync, zone data, security updates.
+BASE_PACKAGES = ["chrony", "tzdata", "unattended-upgrades", "ca-certificates", "openssh-server"]
+# A day: packages change rarely; a run within that reuses the index (and reports no change).
+APT_CACHE_SECONDS = 86400
+
+
+@deploy("Base system")
+def base() -> None:
+    site: Site = host.data.site
+    plat = platform.current()
+    me = site.host(host.name)
+
+    # The proxy first: every apt call below goes through it.
+    if site.apt_proxy:
+        managed_file(
+            name="Configure the apt proxy",
+            dest="/etc/apt/apt.conf.d/01mailcluster-proxy",
+            template="apt/01mailcluster-proxy.j2",
+            context={"proxy": site.apt_proxy},
+            comment="//",
+        )
+    else:
+        files.file(name="No apt proxy", path="/etc/apt/apt.conf.d/01mailcluster-proxy",
+                   present=False)
+
+    apt.packages(
+        name="Install base packages",
+        packages=BASE_PACKAGES,
+        update=True,
+        cache_time=APT_CACHE_SECONDS,
+        no_recommends=True,
+    )
+
+    # -- identity ---------------------------------------------------------------------
+    hostname = managed_file(
+        name="Set the host name", dest="/etc/hostname", template="base/hostname.j2",
+        context={"name": me.name},
+    )
+    server.shell(name="Apply the host name", commands=["hostname -F /etc/hostname"],
+                 _if=hostname.did_change)
+    managed_file(
+        name="Write /etc/hosts for the cluster",
+        dest="/etc/hosts",
+        template="base/hosts.j2",
+        context={"me": me, "hosts": site.hosts, "domain": site.domain},
+    )
+
+    # -- clock ------------------------------------------------------------------------
+    files.link(
+        name=f"Set the time zone to {site.timezone}",
+        path="/etc/localtime",
+        target=f"/usr/share/zoneinfo/{site.timezone}",
+    )
+    # /etc/timezone is one bare line (no comments allowed): the one file without a banner.
+    managed_file(name="Record the time zone", dest="/etc/timezone", banner=False,
+                 template="base/timezone.j2", context={"timezone": site.timezone})
+
+    chrony_conf = managed_file(
+        name="Configure chrony",
+        dest="/etc/chrony/chrony.conf",
+        template="chrony/chrony.conf.j2",
+        context={"servers": site.ntp_servers},
+        validate="chronyd -p -f {path} >/dev/null",
+    )
+    chrony_defaults = managed_file(
+        name="Set chronyd's options",
+        dest="/etc/default/chrony",
+        template="chrony/default.j2",
+        context={"in_container": plat.in_container},
+    )
+    chrony_unit = managed_file(
+        name="chrony's unit for this platform",
+        dest="/etc/systemd/system/chrony.service.d/mailcluster.conf",
+        template="chrony/unit-override.conf.j2",
+        context={"in_container": plat.in_container},
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=chrony_unit.did_change)
+    # chronyd has no config reload; a restart keeps its drift estimate (driftfile).
+    systemd.service(name="Restart chrony", service="chrony", restarted=True,
+                    _if=any_changed(chrony_conf, chrony_defaults, chrony_unit))
+    systemd.service(name="Run chrony", service="chrony", running=True, enabled=True)
+
+    # -- SSH: keys only ---------------------------------------------------------------
+    sshd = managed_file(
+        name="Allow SSH logins by key only",
+        dest="/etc/ssh/sshd_config.d/10-mailcluster.conf",
+        template="ssh/10-mailcluster.conf.j2",
+        validate="sshd -t -f {path}",
+    )
+    systemd.service(name="Reload sshd", service="ssh", reloaded=True, _if=sshd.did_change)
+
+    # -- security updates ---------------------------------------------------------------
+    managed_file(
+        name="Unattended security updates",
+        dest="/etc/apt/apt.conf.d/20auto-upgrades",
+        template="apt/20auto-upgrades.j2",
+        context={"enabled": site.unattended_upgrades},
+        comment="//",
+    )
