@@ -1,7 +1,7 @@
 """pyinfra entry point: each host gets the base role, then the roles of its groups.
 
-    pyinfra inventory/lab.py deploy.py          # the lab (python -m mailcluster.lab up)
-    pyinfra inventory/production.py deploy.py   # the 20 production hosts
+pyinfra inventory/lab.py deploy.py          # the lab (python -m mailcluster.lab up)
+pyinfra inventory/production.py deploy.py   # the 20 production hosts
 """
 
 from pyinfra import host

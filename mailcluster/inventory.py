@@ -21,8 +21,9 @@ def load_or_exit(path: Path) -> site_mod.Site:
         raise SystemExit(2) from None
 
 
-def groups(site: site_mod.Site, connect: dict[str, dict[str, Any]] | None = None
-           ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+def groups(
+    site: site_mod.Site, connect: dict[str, dict[str, Any]] | None = None
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """``{group: [(name, host data)]}``; ``connect`` adds per-host connection data."""
     out: dict[str, list[tuple[str, dict[str, Any]]]] = {g: [] for g in GROUPS}
     for h in site.hosts:

@@ -70,6 +70,6 @@ def managed_file(
         check = validate.format(path=q_cand)
         yield StringCommand(
             f"if ! out=$({check} 2>&1); then rm -f {q_cand}; "
-            f"echo \"validation failed, {dest} left unchanged: $out\" >&2; exit 1; fi"
+            f'echo "validation failed, {dest} left unchanged: $out" >&2; exit 1; fi'
         )
     yield StringCommand(f"mv -f {q_cand} {q_dest}")

@@ -22,7 +22,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -128,18 +127,19 @@ class Site(_Strict):
             raise ValueError("must be an absolute path outside the repository")
         return value
 
-    @model_validator(mode="after")
-    def _consistent_hosts(self) -> Site:
-        names = [h.name for h in self.hosts]
-        addresses = [h.address for h in self.hosts]
-        for label, values in (("name", names), ("address", addresses)):
-            dupes = sorted({str(v) for v in values if values.count(v) > 1})  # type: ignore[arg-type]
+    @field_validator("hosts")
+    @classmethod
+    def _consistent_hosts(cls, hosts: list[Host]) -> list[Host]:
+        for label in ("name", "address"):
+            values = [str(getattr(h, label)) for h in hosts]
+            dupes = sorted({v for v in values if values.count(v) > 1})
             if dupes:
-                raise ValueError(f"hosts: duplicate {label} {', '.join(dupes)}")
+                raise ValueError(f"duplicate {label} {', '.join(dupes)}")
+        # Every site needs both services; a db host is optional (webmail can hold it).
         for group in ("mail", "webmail"):
-            if not self.in_group(group):
-                raise ValueError(f"hosts: no host in group {group!r}")
-        return self
+            if not any(group in h.groups for h in hosts):
+                raise ValueError(f"no host in group {group!r}")
+        return hosts
 
     # -- derived views -------------------------------------------------------------
 

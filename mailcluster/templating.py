@@ -1,7 +1,13 @@
-"""Rendering templates/<service>/<file>.j2: StrictUndefined, and a managed-by banner on top."""
+"""Rendering templates/<service>/<file>.j2: StrictUndefined, and a managed-by banner on top.
+
+``MAILCLUSTER_TEMPLATE_PATH`` (colon-separated folders) is searched before templates/:
+a site overrides one template without forking the repo, and the tests use it to prove
+that a broken template never reaches a live file.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,25 +15,41 @@ import jinja2
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-    # A missing value is an error at render time, never an empty string in a live config.
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,
-)
+TEMPLATE_PATH_ENV = "MAILCLUSTER_TEMPLATE_PATH"
 
 
-def managed_banner(template: str, comment: str = "#") -> str:
+def search_path() -> list[str]:
+    extra = [p for p in os.environ.get(TEMPLATE_PATH_ENV, "").split(":") if p]
+    return [*extra, str(TEMPLATES)]
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(search_path()),
+        # A missing value is an error at render time, never an empty string in a live config.
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def managed_banner(source: str, comment: str = "#") -> str:
     return (
-        f"{comment} Managed by mailcluster, from templates/{template}.\n"
+        f"{comment} Managed by mailcluster, from {source}.\n"
         f"{comment} Do not edit: local changes are overwritten on the next deploy.\n"
     )
 
 
 def render(template: str, comment: str = "#", banner: bool = True, **context: Any) -> str:
     """Render ``templates/<template>`` with the banner first (``comment`` is its marker)."""
-    body = _env.get_template(template).render(**context)
-    return (managed_banner(template, comment) if banner else "") + body
+    tmpl = _environment().get_template(template)
+    body = tmpl.render(**context)
+    path = Path(tmpl.filename or template)
+    source = (
+        str(path.relative_to(TEMPLATES.parent))
+        if path.is_relative_to(TEMPLATES.parent)
+        else str(path)
+    )
+    return (managed_banner(source, comment) if banner else "") + body

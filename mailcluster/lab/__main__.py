@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="boot the lab (idempotent; clears a killed run's leftovers)")
     p_up.add_argument("--topology", choices=TOPOLOGIES, default="small")
     p_down = sub.add_parser("down", help="stop the lab and remove everything it made")
-    p_down.add_argument("--purge", action="store_true",
-                        help="also remove caches (base image, packages) and generated secrets")
+    p_down.add_argument(
+        "--purge",
+        action="store_true",
+        help="also remove caches (base image, packages) and generated secrets",
+    )
     sub.add_parser("status", help="show the machines; exit 0 if all are up, 3 otherwise")
     p_info = sub.add_parser("info", help="what tests and tools need to reach the lab")
     p_info.add_argument("--json", action="store_true")

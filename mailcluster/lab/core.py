@@ -248,6 +248,8 @@ def status() -> tuple[bool, str]:
     for h in state["hosts"]:
         ready = machines._ssh_ready(h["address"])
         up_all &= ready
-        lines.append(f"{h['name']:<12} {h['address']:<12} {','.join(h['groups']):<12} "
-                     f"{'up' if ready else 'DOWN'}")
+        lines.append(
+            f"{h['name']:<12} {h['address']:<12} {','.join(h['groups']):<12} "
+            f"{'up' if ready else 'DOWN'}"
+        )
     return up_all, "\n".join(lines)

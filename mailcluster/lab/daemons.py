@@ -108,10 +108,15 @@ def start_sink() -> None:
     _spawn(
         "sink",
         [
-            sys.executable, "-m", "mailcluster.lab.sink",
-            "--listen", f"{gw}:{config.SINK_PORT}",
-            "--maildir", config.SINK_DIR,
-            "--pidfile", config.RUN / "sink.pid",
+            sys.executable,
+            "-m",
+            "mailcluster.lab.sink",
+            "--listen",
+            f"{gw}:{config.SINK_PORT}",
+            "--maildir",
+            config.SINK_DIR,
+            "--pidfile",
+            config.RUN / "sink.pid",
         ],
     )
     wait_until("the lab's mail sink to listen", lambda: _listening(gw, config.SINK_PORT), 20)

@@ -29,7 +29,6 @@ Acquire::Languages "none";
 """
 
 
-
 def recipe() -> dict[str, object]:
     return {
         "version": RECIPE_VERSION,

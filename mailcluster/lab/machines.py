@@ -36,22 +36,46 @@ def create(m: Machine, image: Path, authorized_key: str, users: list[dict[str, o
         shutil.rmtree(d)
     for sub in ("upper", "work", "root"):
         (d / sub).mkdir(parents=True)
-    run(["mount", "-t", "overlay", f"{config.PREFIX}-{m.name}", "-o",
-         f"lowerdir={image},upperdir={d / 'upper'},workdir={d / 'work'}", d / "root"])
+    run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            f"{config.PREFIX}-{m.name}",
+            "-o",
+            f"lowerdir={image},upperdir={d / 'upper'},workdir={d / 'work'}",
+            d / "root",
+        ]
+    )
     root = d / "root"
     (root / "etc/hostname").write_text(f"{m.name}\n")
     net = root / "etc/systemd/network/10-lab.network"
     net.parent.mkdir(parents=True, exist_ok=True)
-    net.write_text(NETWORK_UNIT.format(address=m.address, prefixlen=config.SUBNET.prefixlen,
-                                       gateway=config.GATEWAY))
+    net.write_text(
+        NETWORK_UNIT.format(
+            address=m.address, prefixlen=config.SUBNET.prefixlen, gateway=config.GATEWAY
+        )
+    )
     ssh = root / "root/.ssh"
     ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
     (ssh / "authorized_keys").write_text(authorized_key)
     (ssh / "authorized_keys").chmod(0o600)
     # Host keys of its own; the lab's known_hosts records them (StrictHostKeyChecking).
     for kind in ("ed25519", "ecdsa"):
-        run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{m.name}",
-             "-f", root / f"etc/ssh/ssh_host_{kind}_key"])
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                kind,
+                "-N",
+                "",
+                "-C",
+                f"root@{m.name}",
+                "-f",
+                root / f"etc/ssh/ssh_host_{kind}_key",
+            ]
+        )
     if "mail" in m.groups:
         _add_users(root, users)
 
@@ -61,7 +85,9 @@ def _add_users(root: Path, users: list[dict[str, object]]) -> None:
     passwd, group, shadow = (root / "etc" / f for f in ("passwd", "group", "shadow"))
     with passwd.open("a") as p, group.open("a") as g, shadow.open("a") as s:
         for u in users:
-            p.write(f"{u['user']}:x:{u['uid']}:{u['uid']}:lab test user:/home/{u['user']}:/bin/bash\n")
+            p.write(
+                f"{u['user']}:x:{u['uid']}:{u['uid']}:lab test user:/home/{u['user']}:/bin/bash\n"
+            )
             g.write(f"{u['user']}:x:{u['uid']}:\n")
             # '!': no login password; the IMAP password is a separate secret.
             s.write(f"{u['user']}:!:20000:0:99999:7:::\n")
@@ -75,9 +101,13 @@ def host_key_line(m: Machine) -> str:
 def start(m: Machine) -> subprocess.Popen[bytes]:
     d = machine_dir(m)
     cmd = [
-        "systemd-nspawn", "--boot", f"--machine={m.machine_name}", f"--directory={d / 'root'}",
+        "systemd-nspawn",
+        "--boot",
+        f"--machine={m.machine_name}",
+        f"--directory={d / 'root'}",
         # No systemd/machined on the lab host: keep nspawn away from D-Bus.
-        "--register=no", "--keep-unit",
+        "--register=no",
+        "--keep-unit",
         f"--network-bridge={config.BRIDGE}",
         "--resolv-conf=copy-host",
         # The deploy manages /etc/localtime (timezone is a site setting).
@@ -88,8 +118,9 @@ def start(m: Machine) -> subprocess.Popen[bytes]:
     if "mail" in m.groups:
         cmd.append(f"--bind={config.HOMES}:/home")
     log = open(d / "nspawn.log", "ab")  # noqa: SIM115 -- handed to the child
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _ssh_ready(address: str) -> bool:

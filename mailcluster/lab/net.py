@@ -34,7 +34,10 @@ def host_resolvers() -> list[str]:
 
 def mirror_addresses() -> list[str]:
     """IPv4 addresses of the package mirror hosts (resolved now, pinned in the ruleset)."""
-    names = {re.sub(r"^https?://([^/:]+).*", r"\1", url) for url in (config.MIRROR, config.SECURITY_MIRROR)}
+    names = {
+        re.sub(r"^https?://([^/:]+).*", r"\1", url)
+        for url in (config.MIRROR, config.SECURITY_MIRROR)
+    }
     addrs: set[str] = set()
     for name in sorted(names):
         try:

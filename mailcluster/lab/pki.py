@@ -21,13 +21,40 @@ def ensure_ca() -> tuple[Path, Path]:
     tls.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_key, ca_cert = tls / "ca.key", tls / "ca.pem"
     if not ca_cert.exists() or not ca_key.exists():
-        run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-out", ca_key])
+        run(
+            [
+                "openssl",
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                ca_key,
+            ]
+        )
         ca_key.chmod(0o600)
-        run(["openssl", "req", "-x509", "-new", "-key", ca_key, "-sha256", "-days", str(CA_DAYS),
-             "-subj", "/O=mailcluster lab/CN=mailcluster lab CA", "-out", ca_cert,
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                ca_key,
+                "-sha256",
+                "-days",
+                str(CA_DAYS),
+                "-subj",
+                "/O=mailcluster lab/CN=mailcluster lab CA",
+                "-out",
+                ca_cert,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]
+        )
     return ca_key, ca_cert
 
 
@@ -39,8 +66,18 @@ def ensure_leaf(names: list[str], addresses: list[str]) -> tuple[Path, Path]:
     sans = ",".join([f"DNS:{n}" for n in names] + [f"IP:{a}" for a in addresses])
     if cert.exists() and key.exists() and sans_file.exists() and sans_file.read_text() == sans:
         return key, cert
-    run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-out", key])
+    run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            key,
+        ]
+    )
     key.chmod(0o600)
     csr = tls / "leaf.csr"
     run(["openssl", "req", "-new", "-key", key, "-subj", f"/CN={names[0]}", "-out", csr])
@@ -50,8 +87,27 @@ def ensure_leaf(names: list[str], addresses: list[str]) -> tuple[Path, Path]:
         "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
     )
     leaf = tls / "leaf.pem"
-    run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key,
-         "-CAcreateserial", "-days", str(LEAF_DAYS), "-sha256", "-extfile", ext, "-out", leaf])
+    run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca_cert,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-days",
+            str(LEAF_DAYS),
+            "-sha256",
+            "-extfile",
+            ext,
+            "-out",
+            leaf,
+        ]
+    )
     cert.write_text(leaf.read_text() + ca_cert.read_text())
     sans_file.write_text(sans)
     for tmp in (csr, ext, leaf):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,8 +68,11 @@ def processes_under(marker: str) -> list[int]:
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             root_mount = next(
-                (line for line in (entry / "mountinfo").read_text().splitlines()
-                 if line.split()[4] == "/"),
+                (
+                    line
+                    for line in (entry / "mountinfo").read_text().splitlines()
+                    if line.split()[4] == "/"
+                ),
                 "",
             )
         except (OSError, IndexError):
@@ -80,10 +84,8 @@ def processes_under(marker: str) -> list[int]:
 
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def mounts_under(prefix: Path) -> list[str]:

@@ -37,3 +37,17 @@ def machines(topology: str) -> list[Machine]:
         raise ValueError(f"unknown topology {topology!r} (choose from {', '.join(TOPOLOGIES)})")
     base = config.SUBNET.network_address + config.FIRST_HOST
     return [Machine(name, str(base + i), groups) for i, (name, groups) in enumerate(layout)]
+
+
+def main() -> None:
+    """``python -m mailcluster.lab.topology [small|full]``: names and groups as JSON
+    (the Vagrantfile reads this, so Vagrant, the lab and production share one topology)."""
+    import json
+    import sys
+
+    topology = sys.argv[1] if len(sys.argv) > 1 else "small"
+    print(json.dumps([{"name": m.name, "groups": list(m.groups)} for m in machines(topology)]))
+
+
+if __name__ == "__main__":
+    main()

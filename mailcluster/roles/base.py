@@ -33,8 +33,9 @@ def base() -> None:
             comment="//",
         )
     else:
-        files.file(name="No apt proxy", path="/etc/apt/apt.conf.d/01mailcluster-proxy",
-                   present=False)
+        files.file(
+            name="No apt proxy", path="/etc/apt/apt.conf.d/01mailcluster-proxy", present=False
+        )
 
     apt.packages(
         name="Install base packages",
@@ -46,11 +47,14 @@ def base() -> None:
 
     # -- identity ---------------------------------------------------------------------
     hostname = managed_file(
-        name="Set the host name", dest="/etc/hostname", template="base/hostname.j2",
+        name="Set the host name",
+        dest="/etc/hostname",
+        template="base/hostname.j2",
         context={"name": me.name},
     )
-    server.shell(name="Apply the host name", commands=["hostname -F /etc/hostname"],
-                 _if=hostname.did_change)
+    server.shell(
+        name="Apply the host name", commands=["hostname -F /etc/hostname"], _if=hostname.did_change
+    )
     managed_file(
         name="Write /etc/hosts for the cluster",
         dest="/etc/hosts",
@@ -65,8 +69,13 @@ def base() -> None:
         target=f"/usr/share/zoneinfo/{site.timezone}",
     )
     # /etc/timezone is one bare line (no comments allowed): the one file without a banner.
-    managed_file(name="Record the time zone", dest="/etc/timezone", banner=False,
-                 template="base/timezone.j2", context={"timezone": site.timezone})
+    managed_file(
+        name="Record the time zone",
+        dest="/etc/timezone",
+        banner=False,
+        template="base/timezone.j2",
+        context={"timezone": site.timezone},
+    )
 
     chrony_conf = managed_file(
         name="Configure chrony",
@@ -89,8 +98,12 @@ def base() -> None:
     )
     systemd.daemon_reload(name="Reload systemd units", _if=chrony_unit.did_change)
     # chronyd has no config reload; a restart keeps its drift estimate (driftfile).
-    systemd.service(name="Restart chrony", service="chrony", restarted=True,
-                    _if=any_changed(chrony_conf, chrony_defaults, chrony_unit))
+    systemd.service(
+        name="Restart chrony",
+        service="chrony",
+        restarted=True,
+        _if=any_changed(chrony_conf, chrony_defaults, chrony_unit),
+    )
     systemd.service(name="Run chrony", service="chrony", running=True, enabled=True)
 
     # -- SSH: keys only ---------------------------------------------------------------

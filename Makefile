@@ -1,0 +1,53 @@
+# mailcluster: `make lab` brings up the lab and deploys the cluster; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOPOLOGY ?= small
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: lab deploy test lint unit lab-tests recovery down purge host-deps venv info
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+host-deps:
+	./scripts/host-deps
+
+## lab: install what is needed, boot the lab, deploy the cluster, print how to connect
+lab: host-deps venv
+	$(PY) -m mailcluster.lab up --topology $(TOPOLOGY)
+	$(MAKE) --no-print-directory deploy
+	$(PY) -m mailcluster.lab info
+
+deploy: venv
+	$(VENV)/bin/pyinfra -y inventory/lab.py deploy.py
+
+info: venv
+	$(PY) -m mailcluster.lab info
+
+## test: every test. Lint and unit first (no machine), then the lab, the deploy,
+## infra and end-to-end tests, and last the destructive recovery test.
+test: lint unit lab
+	$(PY) -m pytest -q tests/lab tests/infra tests/e2e tests/deploy
+	$(PY) -m pytest -q tests/recovery
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy mailcluster deploy.py inventory group_data tests
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+down: venv
+	$(PY) -m mailcluster.lab down
+
+## purge: down, and remove caches (base image, packages) and generated lab secrets
+purge: venv
+	$(PY) -m mailcluster.lab down --purge

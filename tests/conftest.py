@@ -1,0 +1,68 @@
+"""Shared fixtures: the lab as `python -m mailcluster.lab info --json` describes it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lab_state_hosts() -> list[dict[str, Any]]:
+    """The lab's hosts at collection time (empty when the lab is not up)."""
+    state = REPO / ".lab" / "state.json"
+    return json.loads(state.read_text())["hosts"] if state.exists() else []
+
+
+@pytest.fixture(scope="session")
+def lab() -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailcluster.lab", "info", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"the lab is not up ({proc.stderr.strip()}); run: make lab")
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def lab_ssh(lab: dict[str, Any]):
+    """Run a shell command on a lab machine as root (through the lab's ssh_config)."""
+
+    def run(
+        name: str, command: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["ssh", "-F", lab["ssh_config"], name, command],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{name}: {command!r} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    return run
+
+
+def pyinfra(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the pyinfra CLI from the repo root, as an operator would."""
+    import os
+
+    exe = Path(sys.executable).with_name("pyinfra")
+    return subprocess.run(
+        [str(exe), "-y", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=1200,
+    )

@@ -1,0 +1,46 @@
+"""Deploying onto the lab: idempotent, and a config that fails validation never goes live."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import REPO, pyinfra
+
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-mailcluster.conf"
+
+
+def changed_operations(output: str) -> int:
+    """Operations that changed something, from pyinfra's results table ('Grand total')."""
+    row = next(line for line in output.splitlines() if line.strip().startswith("Grand total"))
+    hosts, success, error, no_change = row.split()[2:6]
+    assert error == "-", row
+    return 0 if success == "-" else int(success)
+
+
+def test_a_second_deploy_with_nothing_changed_reports_no_changes() -> None:
+    first = pyinfra("inventory/lab.py", "deploy.py")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = pyinfra("inventory/lab.py", "deploy.py")
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = second.stdout + second.stderr
+    assert changed_operations(out) == 0, re.findall(r".*\|.*\s\d+\s.*", out)
+
+
+def test_a_template_failing_validation_leaves_the_live_file_and_service(lab, lab_ssh) -> None:
+    name = lab["hosts"][0]["name"]
+    before = lab_ssh(name, f"sha256sum {SSHD_DROPIN}").stdout
+    broken = REPO / "tests" / "fixtures" / "broken_templates"
+    proc = pyinfra(
+        "inventory/lab.py",
+        "deploy.py",
+        "--limit",
+        name,
+        env={"MAILCLUSTER_TEMPLATE_PATH": str(broken)},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"validation failed, {SSHD_DROPIN} left unchanged" in out
+    assert lab_ssh(name, f"sha256sum {SSHD_DROPIN}").stdout == before
+    assert lab_ssh(name, f"ls {SSHD_DROPIN}.mailcluster-new", check=False).returncode != 0
+    assert lab_ssh(name, "systemctl is-active ssh").stdout.strip() == "active"
+    assert "passwordauthentication no" in lab_ssh(name, "sshd -T").stdout

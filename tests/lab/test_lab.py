@@ -1,0 +1,276 @@
+"""The lab itself, as DESIGN.md specifies it: contract, network rule, homes, sink, cache."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import subprocess
+import sys
+import time
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.lab.nft_eval import verdict
+
+BRIDGE = "mclab0"
+
+
+def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailcluster.lab", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+
+
+def mail_hosts(lab) -> list[str]:  # noqa: ANN001
+    return [h["name"] for h in lab["hosts"] if "mail" in h["groups"]]
+
+
+# -- the contract ---------------------------------------------------------------------
+
+
+def test_info_json_has_every_contract_field(lab) -> None:
+    for key in ("domain", "ca_cert", "ssh_config", "hosts", "endpoints", "accounts", "sink"):
+        assert key in lab, key
+    assert Path(lab["ca_cert"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert Path(lab["ssh_config"]).is_file()
+    assert set(lab["endpoints"]) >= {"imap", "smtp", "webmail"}
+    assert all(set(h) >= {"name", "address", "groups"} for h in lab["hosts"])
+    assert lab["accounts"] and all(a["user"] and a["password"] for a in lab["accounts"])
+    assert Path(lab["sink"]).is_dir()
+
+
+def test_small_topology_is_two_mail_nodes_and_a_webmail_node_with_the_database(lab) -> None:
+    if lab.get("topology") != "small":
+        pytest.skip("lab runs another topology")
+    groups = {h["name"]: set(h["groups"]) for h in lab["hosts"]}
+    assert sorted(n for n, g in groups.items() if g == {"mail"}) == ["mail01", "mail02"]
+    assert groups["webmail01"] == {"webmail", "db"}
+
+
+def test_full_topology_is_the_production_inventory() -> None:
+    from mailcluster import site
+    from mailcluster.lab.topology import machines
+
+    prod = site.load(REPO / "group_data" / "site.yaml")
+    full = machines("full")
+    assert [(m.name, list(m.groups)) for m in full] == [(h.name, h.groups) for h in prod.hosts]
+    assert len(full) == 20
+    assert len({m.address for m in full}) == 20
+
+
+def test_every_machine_is_reachable_by_ssh_config_name(lab, lab_ssh) -> None:
+    for h in lab["hosts"]:
+        assert lab_ssh(h["name"], "hostname").stdout.strip() == h["name"]
+
+
+def test_machines_run_systemd_as_pid_1_in_an_nspawn_container(lab, lab_ssh) -> None:
+    for h in lab["hosts"]:
+        out = lab_ssh(h["name"], "cat /proc/1/comm; systemd-detect-virt -c").stdout.split()
+        assert out == ["systemd", "systemd-nspawn"]
+
+
+def test_up_again_is_a_quick_no_op(lab) -> None:
+    started = time.monotonic()
+    proc = lab_cli("up", "--topology", lab["topology"])
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to do" in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_status_reports_every_machine_up(lab) -> None:
+    proc = lab_cli("status")
+    assert proc.returncode == 0, proc.stdout
+    for h in lab["hosts"]:
+        assert f"{h['name']}" in proc.stdout
+
+
+# -- the network rule: only the package mirror and DNS ------------------------------
+
+
+@pytest.fixture(scope="module")
+def ruleset() -> dict:
+    out = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", "mclab"], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out)
+
+
+def _sets(ruleset: dict) -> dict[str, list[str]]:
+    return {i["set"]["name"]: i["set"]["elem"] for i in ruleset["nftables"] if "set" in i}
+
+
+def _out(daddr: str, proto: str, dport: int, family: str = "ip") -> dict:
+    return {
+        "iif": BRIDGE,
+        "oif": "eth0",
+        "family": family,
+        "saddr": "10.77.0.11",
+        "daddr": daddr,
+        "proto": proto,
+        "dport": dport,
+    }
+
+
+def test_nat_sets_hold_exactly_the_mirror_and_the_host_resolvers(ruleset) -> None:
+    from mailcluster.lab import net
+
+    sets = _sets(ruleset)
+    assert sorted(sets["mirror4"]) == net.mirror_addresses()
+    assert sorted(sets["dns4"]) == sorted(net.host_resolvers())
+
+
+def test_lab_machines_may_reach_the_package_mirror_and_dns(ruleset) -> None:
+    sets = _sets(ruleset)
+    for mirror in sets["mirror4"]:
+        for port in (80, 443):
+            assert verdict(ruleset, "forward", _out(mirror, "tcp", port)) == "accept"
+    for dns in sets["dns4"]:
+        assert verdict(ruleset, "forward", _out(dns, "udp", 53)) == "accept"
+        assert verdict(ruleset, "forward", _out(dns, "tcp", 53)) == "accept"
+
+
+@pytest.mark.parametrize(
+    "daddr,proto,dport",
+    [
+        ("1.1.1.1", "tcp", 443),  # any other web server
+        ("8.8.8.8", "udp", 53),  # any other resolver
+        ("9.9.9.9", "tcp", 25),  # direct SMTP out: mail must go to the sink
+        ("192.0.2.1", "tcp", 22),  # the host's own gateway
+        ("10.0.0.1", "tcp", 80),  # private ranges too
+    ],
+)
+def test_everything_else_leaving_the_bridge_is_dropped(ruleset, daddr, proto, dport) -> None:
+    assert verdict(ruleset, "forward", _out(daddr, proto, dport)) == "drop"
+
+
+def test_the_mirror_and_dns_only_on_their_own_ports(ruleset) -> None:
+    sets = _sets(ruleset)
+    assert verdict(ruleset, "forward", _out(sets["mirror4"][0], "tcp", 22)) == "drop"
+    assert verdict(ruleset, "forward", _out(sets["mirror4"][0], "udp", 53)) == "drop"
+    assert verdict(ruleset, "forward", _out(sets["dns4"][0], "tcp", 80)) == "drop"
+
+
+def test_ipv6_leaving_the_bridge_is_dropped(ruleset) -> None:
+    pkt = _out("2001:db8::1", "tcp", 443, family="ip6")
+    assert verdict(ruleset, "forward", pkt) == "drop"
+
+
+def test_only_replies_enter_the_bridge_from_outside(ruleset) -> None:
+    inbound = {
+        "iif": "eth0",
+        "oif": BRIDGE,
+        "family": "ip",
+        "saddr": "198.51.100.7",
+        "daddr": "10.77.0.11",
+        "proto": "tcp",
+        "dport": 22,
+    }
+    assert verdict(ruleset, "forward", {**inbound, "ct_state": "new"}) == "drop"
+    assert verdict(ruleset, "forward", {**inbound, "ct_state": "established"}) == "accept"
+
+
+def test_lab_traffic_is_masqueraded_only_when_leaving_the_bridge(ruleset) -> None:
+    out = {**_out("203.0.113.80", "tcp", 80)}
+    assert verdict(ruleset, "postrouting", out) == "masquerade"
+    inside = {**out, "oif": BRIDGE, "daddr": "10.77.0.12"}
+    assert verdict(ruleset, "postrouting", inside) == "accept"
+
+
+def test_a_machine_reaches_the_mirror_through_the_nat(lab, lab_ssh) -> None:
+    # Traffic to the package mirror is the one outside destination the rule allows.
+    script = (
+        "import urllib.request as u; "
+        "print(u.urlopen('http://deb.debian.org/debian/dists/bookworm/Release', "
+        "timeout=20).status)"
+    )
+    name = lab["hosts"][0]["name"]
+    out = lab_ssh(name, f'env -u http_proxy python3 -c "{script}"').stdout.strip()
+    assert out == "200"
+
+
+# -- shared homes and the kernel-enforced quota ---------------------------------------
+
+
+def test_test_users_have_the_same_uid_on_every_mail_node(lab, lab_ssh) -> None:
+    users = [a["user"] for a in lab["accounts"]]
+    seen = {
+        n: lab_ssh(n, f"id -u {' '.join(users[:1])}; getent passwd {' '.join(users)}").stdout
+        for n in mail_hosts(lab)
+    }
+    assert len(set(seen.values())) == 1, seen
+
+
+def test_homes_are_shared_between_mail_nodes(lab, lab_ssh) -> None:
+    first, second = mail_hosts(lab)[:2]
+    user, token = lab["accounts"][0]["user"], uuid.uuid4().hex
+    lab_ssh(first, f"su -s /bin/sh {user} -c 'echo {token} > ~/.shared-probe'")
+    try:
+        assert lab_ssh(second, f"cat /home/{user}/.shared-probe").stdout.strip() == token
+        assert lab_ssh(second, f"stat -c %U /home/{user}/.shared-probe").stdout.strip() == user
+    finally:
+        lab_ssh(first, f"rm -f /home/{user}/.shared-probe")
+
+
+def test_home_quota_is_enforced_by_the_kernel_and_can_be_lifted(lab, lab_ssh) -> None:
+    user = lab["accounts"][-1]["user"]
+    node = mail_hosts(lab)[0]
+    dd = f"dd if=/dev/zero of=/home/{user}/.quota-probe bs=1M count=3 conv=fsync"
+    write = f"su -s /bin/sh {user} -c '{dd}'"
+    assert lab_cli("quota", user, "1M").returncode == 0
+    try:
+        over = lab_ssh(node, write, check=False)
+        assert over.returncode != 0
+        assert "Disk quota exceeded" in over.stderr
+        lab_ssh(node, f"rm -f /home/{user}/.quota-probe")
+        assert lab_cli("quota", user, "none").returncode == 0
+        lab_ssh(node, write)
+    finally:
+        lab_ssh(node, f"rm -f /home/{user}/.quota-probe")
+        lab_cli("quota", user, "none")
+
+
+def test_quota_refuses_an_unknown_user() -> None:
+    proc = lab_cli("quota", "mallory", "1M")
+    assert proc.returncode != 0
+    assert "not a lab test user" in proc.stderr
+
+
+# -- the outbound-mail sink and the package cache ----------------------------------------
+
+
+def test_the_sink_keeps_every_message_it_accepts(lab) -> None:
+    host, port = lab["sink_smtp"].split(":")
+    marker = f"<sink-{uuid.uuid4().hex}@{lab['domain']}>"
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "probe@mailcluster.test", "x@example.org", "sink"
+    msg["Message-ID"] = marker
+    msg.set_content("sink probe\n")
+    with smtplib.SMTP(host, int(port), timeout=10) as smtp:
+        smtp.send_message(msg)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        hits = [p for p in (Path(lab["sink"]) / "new").iterdir() if marker in p.read_text()]
+        if hits:
+            assert "X-Sink-Rcpt-To: <x@example.org>" in hits[0].read_text()
+            return
+        time.sleep(0.2)
+    pytest.fail("message not found in the sink")
+
+
+def test_machines_fetch_packages_through_the_shared_cache(lab) -> None:
+    site = yaml.safe_load(Path(lab["site_file"]).read_text())
+    assert site["apt_proxy"].endswith(":3150")
+    cached = list(Path("/var/cache/mclab/apt-cacher-ng").rglob("*.deb"))
+    # The deploy installed chrony & co. on every machine: one cached copy each.
+    names = [p.name for p in cached]
+    assert any(n.startswith("chrony_") for n in names), names[:10]
+    assert len(names) == len(set(names))

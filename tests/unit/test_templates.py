@@ -1,0 +1,69 @@
+"""Templates render strictly: every template renders with its role's context, a missing
+value is an error (never an empty string in a live config), and each carries the banner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+from mailcluster import site, templating
+from tests.conftest import REPO
+
+SITE = site.load(REPO / "tests" / "fixtures" / "sites" / "loopback.yaml")
+
+# The context each template gets from its role (kept in step with mailcluster/roles/).
+CONTEXTS: dict[str, dict[str, Any]] = {
+    "apt/01mailcluster-proxy.j2": {"proxy": "http://10.77.0.1:3150"},
+    "apt/20auto-upgrades.j2": {"enabled": True},
+    "base/hostname.j2": {"name": "mail01"},
+    "base/hosts.j2": {"me": SITE.hosts[0], "hosts": SITE.hosts, "domain": SITE.domain},
+    "base/timezone.j2": {"timezone": "Asia/Tokyo"},
+    "chrony/chrony.conf.j2": {"servers": SITE.ntp_servers},
+    "chrony/default.j2": {"in_container": False},
+    "chrony/unit-override.conf.j2": {"in_container": True},
+    "ssh/10-mailcluster.conf.j2": {},
+}
+
+
+def all_templates() -> list[str]:
+    root = templating.TEMPLATES
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.j2"))
+
+
+def test_every_template_has_a_test_context() -> None:
+    assert all_templates() == sorted(CONTEXTS)
+
+
+@pytest.mark.parametrize("template", sorted(CONTEXTS))
+def test_template_renders_with_the_managed_banner(template: str) -> None:
+    out = templating.render(template, **CONTEXTS[template])
+    assert out.startswith(f"# Managed by mailcluster, from templates/{template}.\n")
+
+
+@pytest.mark.parametrize("template", [t for t in sorted(CONTEXTS) if CONTEXTS[t]])
+def test_a_missing_value_is_an_error_not_an_empty_string(template: str) -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        templating.render(template)
+
+
+def test_hosts_file_lists_every_cluster_host() -> None:
+    out = templating.render("base/hosts.j2", **CONTEXTS["base/hosts.j2"])
+    for h in SITE.hosts:
+        assert f"{h.address}\t{h.name}.{SITE.domain}\t{h.name}\n" in out
+
+
+def test_chrony_runs_without_setting_the_clock_only_in_containers() -> None:
+    assert "-x" in templating.render("chrony/default.j2", in_container=True)
+    assert "-x" not in templating.render("chrony/default.j2", in_container=False)
+
+
+def test_a_template_path_override_takes_precedence(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "ssh").mkdir()
+    (tmp_path / "ssh" / "10-mailcluster.conf.j2").write_text("PasswordAuthentication yes\n")
+    monkeypatch.setenv(templating.TEMPLATE_PATH_ENV, str(tmp_path))
+    out = templating.render("ssh/10-mailcluster.conf.j2")
+    assert f"from {tmp_path}/ssh/10-mailcluster.conf.j2" in out.splitlines()[0]
+    assert out.endswith("PasswordAuthentication yes\n")
