@@ -22,7 +22,7 @@ HOMES_IMAGE = VAR / "homes.img"
 HOMES = VAR / "homes"
 # Caches kept across labs (base image, packages): `down --purge` removes them too.
 CACHE = Path("/var/cache") / PREFIX
-APT_CACHE = CACHE / "apt-cacher-ng"
+APT_CACHE = CACHE / "apt"
 
 # The checkout's git-ignored state: secrets (CA, SSH key, passwords), state.json, sink.
 STATE = LAB_STATE
@@ -60,7 +60,7 @@ BASE_PACKAGES = [
 ]
 
 # Host-side services for the lab, bound to the bridge address only.
-APT_PROXY_PORT = 3150  # not 3142: a host may already run its own apt-cacher-ng there
+APT_PROXY_PORT = 3150  # not 3142: a host may already run an apt-cacher-ng there
 SINK_PORT = 25
 NTP_PORT = 123
 

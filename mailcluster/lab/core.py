@@ -107,8 +107,19 @@ def load_state() -> dict[str, Any] | None:
     return json.loads(config.STATE_FILE.read_text())
 
 
+OWNER_FILE = config.VAR / "owner.json"
+
+
+def _owned(state: dict[str, Any]) -> bool:
+    """Is the running lab the one this checkout's state describes (its keys, its CA)?"""
+    try:
+        return json.loads(OWNER_FILE.read_text()).get("lab_id") == state.get("lab_id")
+    except (OSError, ValueError):
+        return False
+
+
 def _healthy(state: dict[str, Any] | None, topology: str) -> bool:
-    if not state or state.get("topology") != topology:
+    if not state or state.get("topology") != topology or not _owned(state):
         return False
     ms = [Machine(h["name"], h["address"], tuple(h["groups"])) for h in state["hosts"]]
     return (
@@ -125,7 +136,7 @@ def _healthy(state: dict[str, Any] | None, topology: str) -> bool:
 def up(topology: str) -> None:
     with _locked():
         if _healthy(load_state(), topology):
-            daemons.start_apt_proxy()
+            daemons.start_apt_proxy(net.mirror_hosts())
             daemons.start_ntp()
             daemons.start_sink()
             log(f"lab already up ({topology}); nothing to do")
@@ -137,7 +148,7 @@ def up(topology: str) -> None:
         config.STATE.chmod(0o700)
         resolvers = net.host_resolvers()
         net.up(net.mirror_addresses(), resolvers)
-        daemons.start_apt_proxy()
+        daemons.start_apt_proxy(net.mirror_hosts())
         daemons.start_ntp()
         daemons.start_sink()
         base = image.ensure_base_image(daemons.apt_proxy_url())
@@ -157,7 +168,10 @@ def up(topology: str) -> None:
             list(pool.map(machines.wait_booted, ms, procs))
         _write_ssh_config(ms, key)
         _write_site(ms, tls_key, tls_cert, ca)
+        lab_id = secrets.token_hex(8)
+        OWNER_FILE.write_text(json.dumps({"lab_id": lab_id, "state": str(config.STATE)}) + "\n")
         state = {
+            "lab_id": lab_id,
             "topology": topology,
             "hosts": [{"name": m.name, "address": m.address, "groups": list(m.groups)} for m in ms],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -178,6 +192,7 @@ def _down() -> None:
     config.HOMES_IMAGE.unlink(missing_ok=True)
     if config.RUN.exists():
         shutil.rmtree(config.RUN)
+    OWNER_FILE.unlink(missing_ok=True)
     config.STATE_FILE.unlink(missing_ok=True)
     for ctl in config.STATE.glob("cm-*"):
         ctl.unlink(missing_ok=True)
@@ -215,6 +230,11 @@ def info() -> dict[str, Any]:
     state = load_state()
     if state is None:
         raise LabError("the lab is not up (no state in .lab/); run: python -m mailcluster.lab up")
+    if not _owned(state):
+        raise LabError(
+            "the running lab was made by another checkout or run (its keys and CA differ); "
+            "run: python -m mailcluster.lab up"
+        )
     hosts = state["hosts"]
     mail = [h for h in hosts if "mail" in h["groups"]]
     web = [h for h in hosts if "webmail" in h["groups"]]
@@ -243,6 +263,8 @@ def status() -> tuple[bool, str]:
     if state is None:
         rest = leftovers()
         return False, "down" + (f" (leftovers: {', '.join(rest)})" if rest else "")
+    if not _owned(state):
+        return False, "down (this checkout's lab is gone; another run owns the machines)"
     lines = [f"topology {state['topology']}"]
     up_all = True
     for h in state["hosts"]:

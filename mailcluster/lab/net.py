@@ -32,14 +32,16 @@ def host_resolvers() -> list[str]:
     return servers
 
 
+def mirror_hosts() -> list[str]:
+    """Host names of the package mirror (the apt proxy serves these and no others)."""
+    urls = (config.MIRROR, config.SECURITY_MIRROR)
+    return sorted({re.sub(r"^https?://([^/:]+).*", r"\1", url) for url in urls})
+
+
 def mirror_addresses() -> list[str]:
     """IPv4 addresses of the package mirror hosts (resolved now, pinned in the ruleset)."""
-    names = {
-        re.sub(r"^https?://([^/:]+).*", r"\1", url)
-        for url in (config.MIRROR, config.SECURITY_MIRROR)
-    }
     addrs: set[str] = set()
-    for name in sorted(names):
+    for name in mirror_hosts():
         try:
             infos = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
         except socket.gaierror as exc:

@@ -266,11 +266,28 @@ def test_the_sink_keeps_every_message_it_accepts(lab) -> None:
     pytest.fail("message not found in the sink")
 
 
-def test_machines_fetch_packages_through_the_shared_cache(lab) -> None:
+def test_each_package_is_fetched_from_the_mirror_once_for_all_machines(lab) -> None:
     site = yaml.safe_load(Path(lab["site_file"]).read_text())
-    assert site["apt_proxy"].endswith(":3150")
-    cached = list(Path("/var/cache/mclab/apt-cacher-ng").rglob("*.deb"))
-    # The deploy installed chrony & co. on every machine: one cached copy each.
-    names = [p.name for p in cached]
-    assert any(n.startswith("chrony_") for n in names), names[:10]
-    assert len(names) == len(set(names))
+    assert site["apt_proxy"] == "http://10.77.0.1:3150"
+    log = Path("/var/lib/mclab/run/apt-proxy-access.log").read_text().splitlines()
+    debs: dict[str, list[tuple[str, str]]] = {}
+    for line in log:
+        client, cache, status, url = line.split()
+        if url.endswith(".deb") and status == "200":
+            debs.setdefault(url, []).append((client, cache))
+    chrony = [u for u in debs if "/chrony_" in u]
+    assert chrony, "the deploy installed chrony through the lab's cache"
+    assert len({c for c, _ in debs[chrony[0]]}) == len(lab["hosts"])  # every machine asked
+    for url, hits in debs.items():
+        assert [c for _, c in hits].count("MISS") <= 1, f"{url} fetched twice: {hits}"
+
+
+def test_the_package_cache_serves_only_the_mirror(lab) -> None:
+    import urllib.error
+    import urllib.request
+
+    proxy = urllib.request.ProxyHandler({"http": "http://10.77.0.1:3150"})
+    opener = urllib.request.build_opener(proxy)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        opener.open("http://not-the-mirror.invalid/", timeout=10)  # .invalid: never resolves
+    assert refused.value.code == 403
