@@ -123,12 +123,26 @@ def start_apt_proxy(mirror_hosts: list[str]) -> None:
     conf = config.RUN / "apt-proxy.conf"
     conf.write_text(
         APT_PROXY_CONF.format(
-            run=config.RUN, cache=config.APT_CACHE, gateway=gw, port=config.APT_PROXY_PORT,
-            upstreams=upstreams, map_lines=map_lines,
+            run=config.RUN,
+            cache=config.APT_CACHE,
+            gateway=gw,
+            port=config.APT_PROXY_PORT,
+            upstreams=upstreams,
+            map_lines=map_lines,
         )
     )
-    _spawn("apt-proxy", ["/usr/sbin/nginx", "-c", conf, "-e", config.RUN / "apt-proxy-error.log",
-                         "-g", "daemon off;"])
+    _spawn(
+        "apt-proxy",
+        [
+            "/usr/sbin/nginx",
+            "-c",
+            conf,
+            "-e",
+            config.RUN / "apt-proxy-error.log",
+            "-g",
+            "daemon off;",
+        ],
+    )
     wait_until("the lab's apt cache to listen", lambda: _listening(gw, config.APT_PROXY_PORT), 20)
 
 
