@@ -7,12 +7,14 @@ pyinfra inventory/production.py deploy.py   # the 20 production hosts
 from pyinfra import host
 
 from mailcluster.roles.base import base
+from mailcluster.roles.dovecot import dovecot
+
+# Each group's roles, in order. Exim (mail), webmail and db arrive with their issues.
+ROLES = {
+    "mail": [dovecot],
+}
 
 base()
-
-# Service roles arrive with their issues: mail (Dovecot + Exim), webmail, db.
-ROLES: dict[str, object] = {}
-for group in host.groups:
-    role = ROLES.get(group)
-    if callable(role):
+for group in sorted(host.groups):
+    for role in ROLES.get(group, []):
         role()

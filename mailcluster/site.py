@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +106,8 @@ class Site(_Strict):
     tls: TLS
     # Generated secrets (password hashes, master-user secret) on the deploying machine.
     secrets_dir: Path
+    # Pin a user to a mail node (e.g. while draining one); everyone else is hashed.
+    backend_overrides: dict[str, HostName] = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -140,6 +143,17 @@ class Site(_Strict):
             if not any(group in h.groups for h in hosts):
                 raise ValueError(f"no host in group {group!r}")
         return hosts
+
+    @model_validator(mode="after")
+    def _overrides_name_mail_nodes(self) -> Site:
+        mail = {h.name for h in self.hosts if "mail" in h.groups}
+        for user, node in self.backend_overrides.items():
+            if node not in mail:
+                raise ValueError(
+                    f"backend_overrides.{user}: {node!r} is not a mail node "
+                    f"({', '.join(sorted(mail))})"
+                )
+        return self
 
     # -- derived views -------------------------------------------------------------
 
@@ -182,7 +196,10 @@ def parse(data: Any, source: str) -> Site:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] not in ("value_error", "missing") and "input" in err:
                 msg += f" (got {err['input']!r})"
-            lines.append(f"{source}: {_field_path(err['loc'])}: {msg}")
+            if err["loc"]:
+                lines.append(f"{source}: {_field_path(err['loc'])}: {msg}")
+            else:  # a cross-field check names its own field first
+                lines.append(f"{source}: {msg}")
         raise SiteError("\n".join(lines)) from None
 
 

@@ -67,6 +67,12 @@ NTP_PORT = 123
 # Test users: same uid/gid on every mail node; homes are btrfs subvolumes with qgroups.
 TEST_USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 FIRST_UID = 2001
+# Benchmark users: Dovecot caps sessions per user and client address
+# (mail_max_userip_connections), so thousands of sessions from the lab host need hundreds
+# of users. Plain folders as homes (no quota), one shared generated password.
+BENCH_USERS = 250
+BENCH_PREFIX = "bench"
+BENCH_FIRST_UID = 3001
 # Homes image: sparse, so its size is a ceiling, not a cost.
 HOMES_IMAGE_BYTES = 4 * 1024**3
 

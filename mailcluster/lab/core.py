@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import secrets
 import shutil
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from mailcluster import accounts as accounts_mod
 from mailcluster.lab import config, daemons, homes, image, machines, net, pki
 from mailcluster.lab.system import LabError, log, mounts_under, ok, run
 from mailcluster.lab.topology import Machine
@@ -60,6 +62,24 @@ def accounts() -> list[dict[str, Any]]:
         tmp.chmod(0o600)
         tmp.rename(path)
     return out
+
+
+def bench_accounts() -> dict[str, Any]:
+    """The benchmark users and their one password (generated once, kept)."""
+    path = config.SECRETS / "bench.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+    else:
+        data = {"password": secrets.token_urlsafe(12)}
+        config.SECRETS.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+    users = [
+        {"user": f"{config.BENCH_PREFIX}{i:03d}", "uid": config.BENCH_FIRST_UID + i}
+        for i in range(config.BENCH_USERS)
+    ]
+    return {"password": data["password"], "users": users}
 
 
 def _write_site(ms: list[Machine], key: Path, cert: Path, ca: Path) -> None:
@@ -156,6 +176,17 @@ def up(topology: str) -> None:
         users = accounts()
         for u in users:
             homes.add_user(u["user"], u["uid"], u["uid"])
+        bench = bench_accounts()
+        for u in bench["users"]:
+            homes.add_plain_home(u["user"], u["uid"], u["uid"])
+        # A fresh lab starts from the known test passwords (what `info` reports).
+        bench_hash = accounts_mod.cram_md5_hash(bench["password"])
+        accounts_mod.write_passwords(
+            config.SECRETS / "site",
+            {u["user"]: accounts_mod.cram_md5_hash(u["password"]) for u in users}
+            | {u["user"]: bench_hash for u in bench["users"]},
+        )
+        users = users + bench["users"]
         key, pub = _ssh_key()
         names = [f"{s}.{config.DOMAIN}" for s in ("imap", "smtp", "webmail")]
         names += [f"{m.name}.{config.DOMAIN}" for m in ms] + [m.name for m in ms]
@@ -254,6 +285,11 @@ def info() -> dict[str, Any]:
         },
         "accounts": [{"user": a["user"], "password": a["password"]} for a in accounts()],
         "sink": str(config.SINK_DIR),
+        # Many users for load tests (Dovecot limits sessions per user and address).
+        "bench_accounts": {
+            "users": [u["user"] for u in bench_accounts()["users"]],
+            "password": bench_accounts()["password"],
+        },
         "sink_smtp": f"{config.GATEWAY}:{config.SINK_PORT}",
     }
 

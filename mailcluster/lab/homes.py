@@ -34,6 +34,15 @@ def add_user(user: str, uid: int, gid: int) -> Path:
     return home
 
 
+def add_plain_home(user: str, uid: int, gid: int) -> Path:
+    """A home without its own subvolume (no quota): for the many benchmark users."""
+    home = config.HOMES / user
+    if not home.exists():
+        home.mkdir(mode=0o700)
+        os.chown(home, uid, gid)
+    return home
+
+
 def set_quota(user: str, limit_bytes: int | None) -> None:
     home = config.HOMES / user
     if not home.is_dir():

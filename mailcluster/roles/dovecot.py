@@ -1,0 +1,128 @@
+"""The Dovecot role (group `mail`): IMAP on 143/993, the SSL/auth matrix, one backend per user."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.operations import apt, files, systemd
+from pyinfra.operations.util import any_changed
+
+from mailcluster import accounts, sizing, tlsprofile
+from mailcluster.ops import managed_file
+from mailcluster.roles.tls import tls
+from mailcluster.site import Site
+
+PACKAGES = ["dovecot-core", "dovecot-imapd"]
+CONF_DIR = "/etc/dovecot/mailcluster"
+PASSDB = f"{CONF_DIR}/passdb"
+MASTERDB = f"{CONF_DIR}/masterdb"
+# The account mail nodes use to open a proxied session on a user's backend (it is what
+# lets CRAM-MD5 logins be proxied: the proxy never learns the user's password).
+MASTER_USER = "mailcluster-proxy"
+
+
+def master_secret(secrets_dir: Path) -> dict[str, str]:
+    """The proxy master user's password and salt: generated once, never regenerated."""
+    path = secrets_dir / "dovecot-master.json"
+    if not path.exists():
+        secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        value = {"password": secrets.token_urlsafe(32), "salt": secrets.token_hex(8)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(value, fh)
+    return json.loads(path.read_text())
+
+
+def passdb_entries(site: Site, node: str, master_password: str) -> list[dict[str, str]]:
+    """``node``'s passdb: one line per user with an IMAP password, and for users whose
+    backend is another node, where to proxy them.
+
+    Each node gets its own file: Dovecot's proxy_maybe alone would compare the backend's
+    port with the port the client used, and proxy a 143 client to its own node's 993.
+    """
+    mail_nodes = [h.name for h in site.in_group("mail")]
+    out = []
+    for user, hashed in sorted(accounts.read_passwords(site.secrets_dir).items()):
+        backend = site.host(accounts.backend_for(user, mail_nodes, site.backend_overrides))
+        entry = {"user": user, "hash": hashed, "backend": backend.name}
+        if backend.name != node:
+            entry.update(
+                backend_fqdn=site.fqdn(backend.name),
+                backend_ip=str(backend.address),
+                master_user=MASTER_USER,
+                master_password=master_password,
+            )
+        out.append(entry)
+    return out
+
+
+def passdb_context(site: Site, node: str) -> dict[str, object]:
+    master = master_secret(site.secrets_dir)
+    return {"node": node, "entries": passdb_entries(site, node, master["password"])}
+
+
+@deploy("Dovecot (IMAP)")
+def dovecot() -> None:
+    site: Site = host.data.site
+    me = site.host(host.name)
+    mail_nodes = site.in_group("mail")
+    limits = sizing.dovecot(host.get_fact(Cpus) or 1, int(host.get_fact(Memory) or 1024))
+    master = master_secret(site.secrets_dir)
+
+    apt.packages(name="Install Dovecot", packages=PACKAGES, no_recommends=True)
+    tls_ops = tls()
+
+    files.directory(name="Dovecot's mailcluster folder", path=CONF_DIR, mode="750",
+                    user="root", group="dovecot")
+    passdb = managed_file(
+        name="Users, password hashes and backends (passdb)",
+        dest=PASSDB,
+        template="dovecot/passdb.j2",
+        context=passdb_context(site, me.name),
+        mode="640", group="dovecot",
+    )
+    masterdb = managed_file(
+        name="The proxy master user (masterdb)",
+        dest=MASTERDB,
+        template="dovecot/masterdb.j2",
+        context={
+            "master_user": MASTER_USER,
+            "hash": accounts.ssha512_hash(master["password"], bytes.fromhex(master["salt"])),
+        },
+        mode="640", group="dovecot",
+    )
+    unit = managed_file(
+        name="Dovecot's file descriptor limit",
+        dest="/etc/systemd/system/dovecot.service.d/mailcluster.conf",
+        template="dovecot/service-override.conf.j2",
+        context={"limits": limits},
+    )
+    conf = managed_file(
+        name="dovecot.conf",
+        dest="/etc/dovecot/dovecot.conf",
+        template="dovecot/dovecot.conf.j2",
+        context={
+            "me": me,
+            "mail_nodes": mail_nodes,
+            "limits": limits,
+            "tls": tlsprofile,
+            "passdb": PASSDB,
+            "masterdb": MASTERDB,
+        },
+        validate="doveconf -n -c {path} >/dev/null",
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    # A restart only when a reload cannot do: a new rlimit needs a new master process.
+    systemd.service(name="Restart Dovecot (new limits)", service="dovecot",
+                    restarted=True, _if=unit.did_change)
+    systemd.service(name="Run Dovecot", service="dovecot", running=True, enabled=True)
+    systemd.service(name="Reload Dovecot", service="dovecot", reloaded=True,
+                    _if=any_changed(conf, masterdb, *tls_ops))
+    # passdb needs nothing: Dovecot re-reads a passwd-file when its mtime changes.
+    del passdb

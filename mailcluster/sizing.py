@@ -1,0 +1,54 @@
+"""Process and client limits computed from a host's vCPUs and memory (never constants).
+
+Each function returns the settings with the arithmetic behind them; the templates
+print that arithmetic next to each setting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# An idle IMAP session is one `imap` process: about 1 MiB of private memory (the rest
+# is shared library pages); measured with bench/imap_sessions.py, see BENCHMARKS.md.
+IMAP_SESSION_MIB = 1
+# Half the memory for IMAP sessions; the rest is page cache (Maildir), Exim, the OS.
+IMAP_MEMORY_SHARE = 0.5
+# Floor for tiny test machines: a mail node must still take a lecture hall's worth.
+IMAP_MIN_SESSIONS = 1000
+
+
+@dataclass(frozen=True)
+class DovecotLimits:
+    imap_process_limit: int
+    login_processes: int
+    login_client_limit: int
+    default_client_limit: int
+    nofile: int
+    why: dict[str, str]
+
+
+def dovecot(vcpus: int, memory_mb: int) -> DovecotLimits:
+    vcpus = max(1, vcpus)
+    by_memory = int(memory_mb * IMAP_MEMORY_SHARE / IMAP_SESSION_MIB)
+    imap = max(IMAP_MIN_SESSIONS, by_memory)
+    # imap-login in high-performance mode: one process per vCPU, each holding many
+    # clients. A proxied session lives entirely in imap-login, so together they must
+    # hold every session the node accepts.
+    login_procs = vcpus
+    login_clients = math.ceil(imap / login_procs)
+    # auth, anvil, stats... each take a connection per login/imap process and client.
+    default_clients = imap + login_procs * 2 + 100
+    # Two descriptors per proxied client (client + backend), plus the process's own.
+    nofile = max(65536, 2 * login_clients + 1024, imap + 1024)
+    why = {
+        "imap_process_limit": (
+            f"{memory_mb} MB x {IMAP_MEMORY_SHARE} / {IMAP_SESSION_MIB} MiB per session "
+            f"= {by_memory} (floor {IMAP_MIN_SESSIONS}); stock 100 refuses the 101st login"
+        ),
+        "login_processes": f"one imap-login per vCPU ({vcpus})",
+        "login_client_limit": f"{imap} sessions / {login_procs} login processes",
+        "default_client_limit": f"{imap} sessions + 2 x {login_procs} login + 100 spare",
+        "nofile": f"2 fds x {login_clients} proxied clients + 1024, at least 65536",
+    }
+    return DovecotLimits(imap, login_procs, login_clients, default_clients, nofile, why)

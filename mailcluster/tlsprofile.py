@@ -1,0 +1,29 @@
+"""The one TLS profile every service uses: Mozilla's "intermediate" configuration (v5.7).
+
+TLS 1.2 and 1.3 only; forward-secret AEAD ciphers for TLS 1.2. It admits every client a
+university still sees (Thunderbird, Outlook 2016+, iOS/Android mail, phones since 2014).
+"""
+
+MIN_PROTOCOL = "TLSv1.2"
+TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+# Where every service finds the site's certificate on a host.
+TLS_DIR = "/etc/mailcluster/tls"
+CERT = f"{TLS_DIR}/fullchain.pem"
+KEY = f"{TLS_DIR}/privkey.pem"
+CA = f"{TLS_DIR}/ca.pem"
+# update-ca-certificates adds *.crt from here to the system store below.
+SYSTEM_CA = "/usr/local/share/ca-certificates/mailcluster-site-ca.crt"
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
