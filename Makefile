@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TOPOLOGY ?= small
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: lab deploy test lint unit lab-tests recovery down purge host-deps venv info
+.PHONY: lab deploy test lint unit down purge host-deps venv info bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,7 @@ down: venv
 ## purge: down, and remove caches (base image, packages) and generated lab secrets
 purge: venv
 	$(PY) -m mailcluster.lab down --purge
+
+## bench: the benchmarks (not part of `make test`); figures go to BENCHMARKS.md
+bench: lab
+	$(PY) bench/imap_sessions.py --sessions 4000

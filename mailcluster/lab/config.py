@@ -37,6 +37,9 @@ PRODUCTION_SITE = REPO_ROOT / "group_data" / "site.yaml"
 SUBNET = ipaddress.IPv4Network("10.77.0.0/24")
 GATEWAY = SUBNET.network_address + 1
 FIRST_HOST = 11  # .11, .12, ... in topology order
+# More addresses of the lab host on the bridge (.2 to .9): tests speak as other clients
+# (failed logins from one address, brute-force blocks) without touching the main one.
+CLIENT_ADDRESSES = [str(SUBNET.network_address + i) for i in range(2, 10)]
 DOMAIN = "mailcluster.test"  # RFC 2606: .test never resolves outside.
 
 # Debian 12, as the lab runs it (DESIGN.md). The mirror is the one this host's apt uses.

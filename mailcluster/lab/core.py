@@ -285,6 +285,9 @@ def info() -> dict[str, Any]:
         },
         "accounts": [{"user": a["user"], "password": a["password"]} for a in accounts()],
         "sink": str(config.SINK_DIR),
+        # Other addresses of the lab host on the bridge, for tests that must come from
+        # another client (failed logins are penalised per address).
+        "client_addresses": config.CLIENT_ADDRESSES,
         # Many users for load tests (Dovecot limits sessions per user and address).
         "bench_accounts": {
             "users": [u["user"] for u in bench_accounts()["users"]],

@@ -25,6 +25,9 @@ IPv6AcceptRA=no
 """
 
 
+NOFILE = 1048576
+
+
 def machine_dir(m: Machine) -> Path:
     return config.MACHINES / m.machine_name
 
@@ -114,6 +117,10 @@ def start(m: Machine) -> subprocess.Popen[bytes]:
         "--timezone=off",
         "--link-journal=no",
         "--console=passive",
+        # The machines' hard limit, as a VM's kernel would have it (nr_open): services
+        # raise theirs within it (Dovecot's LimitNOFILE). The lab host's own shell may
+        # be capped lower (20000 here); root may raise it for its children.
+        f"--rlimit=RLIMIT_NOFILE={NOFILE}",
     ]
     if "mail" in m.groups:
         cmd.append(f"--bind={config.HOMES}:/home")

@@ -85,10 +85,10 @@ table inet {config.NFT_TABLE} {{
 def up(mirrors: list[str], resolvers: list[str]) -> None:
     if not ok(["ip", "link", "show", config.BRIDGE]):
         run(["ip", "link", "add", config.BRIDGE, "type", "bridge"])
-    gw = f"{config.GATEWAY}/{config.SUBNET.prefixlen}"
     addrs = run(["ip", "-j", "addr", "show", "dev", config.BRIDGE]).stdout
-    if gw.split("/")[0] not in addrs:
-        run(["ip", "addr", "add", gw, "dev", config.BRIDGE])
+    for address in [str(config.GATEWAY), *config.CLIENT_ADDRESSES]:
+        if f'"{address}"' not in addrs:
+            run(["ip", "addr", "add", f"{address}/{config.SUBNET.prefixlen}", "dev", config.BRIDGE])
     run(["ip", "link", "set", config.BRIDGE, "up"])
     # Replace the table atomically: delete (if present) and create in one transaction.
     script = f"table inet {config.NFT_TABLE}\ndelete table inet {config.NFT_TABLE}\n"

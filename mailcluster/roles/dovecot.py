@@ -15,7 +15,7 @@ from pyinfra.operations.util import any_changed
 
 from mailcluster import accounts, sizing, tlsprofile
 from mailcluster.ops import managed_file
-from mailcluster.roles.tls import tls
+from mailcluster.roles.tls import install_tls
 from mailcluster.site import Site
 
 PACKAGES = ["dovecot-core", "dovecot-imapd"]
@@ -67,6 +67,26 @@ def passdb_context(site: Site, node: str) -> dict[str, object]:
     return {"node": node, "entries": passdb_entries(site, node, master["password"])}
 
 
+@deploy("Dovecot passdb")
+def push_passdb() -> None:
+    """The node's passdb, replaced by rename (a login never sees a half-written file).
+    Nothing to reload: Dovecot re-reads a passwd-file when its mtime changes."""
+    site: Site = host.data.site
+    files.directory(
+        name="Dovecot's mailcluster folder", path=CONF_DIR, mode="750", user="root", group="dovecot"
+    )
+    managed_file(
+        name="Users, password hashes and backends (passdb)",
+        dest=PASSDB,
+        template="dovecot/passdb.j2",
+        context=passdb_context(site, host.name),
+        mode="640",
+        group="dovecot",
+        # Every line USER:{CRAM-MD5}<64 hex>:...; a malformed line locks a user out.
+        validate="! grep -Ev '^(#|$|[a-z_][a-z0-9_.-]*:\\{{CRAM-MD5\\}}[0-9a-f]{{64}}:)' {path}",
+    )
+
+
 @deploy("Dovecot (IMAP)")
 def dovecot() -> None:
     site: Site = host.data.site
@@ -76,17 +96,9 @@ def dovecot() -> None:
     master = master_secret(site.secrets_dir)
 
     apt.packages(name="Install Dovecot", packages=PACKAGES, no_recommends=True)
-    tls_ops = tls()
+    tls_ops = install_tls()
 
-    files.directory(name="Dovecot's mailcluster folder", path=CONF_DIR, mode="750",
-                    user="root", group="dovecot")
-    passdb = managed_file(
-        name="Users, password hashes and backends (passdb)",
-        dest=PASSDB,
-        template="dovecot/passdb.j2",
-        context=passdb_context(site, me.name),
-        mode="640", group="dovecot",
-    )
+    push_passdb()
     masterdb = managed_file(
         name="The proxy master user (masterdb)",
         dest=MASTERDB,
@@ -95,7 +107,8 @@ def dovecot() -> None:
             "master_user": MASTER_USER,
             "hash": accounts.ssha512_hash(master["password"], bytes.fromhex(master["salt"])),
         },
-        mode="640", group="dovecot",
+        mode="640",
+        group="dovecot",
     )
     unit = managed_file(
         name="Dovecot's file descriptor limit",
@@ -119,10 +132,13 @@ def dovecot() -> None:
     )
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     # A restart only when a reload cannot do: a new rlimit needs a new master process.
-    systemd.service(name="Restart Dovecot (new limits)", service="dovecot",
-                    restarted=True, _if=unit.did_change)
+    systemd.service(
+        name="Restart Dovecot (new limits)", service="dovecot", restarted=True, _if=unit.did_change
+    )
     systemd.service(name="Run Dovecot", service="dovecot", running=True, enabled=True)
-    systemd.service(name="Reload Dovecot", service="dovecot", reloaded=True,
-                    _if=any_changed(conf, masterdb, *tls_ops))
-    # passdb needs nothing: Dovecot re-reads a passwd-file when its mtime changes.
-    del passdb
+    systemd.service(
+        name="Reload Dovecot",
+        service="dovecot",
+        reloaded=True,
+        _if=any_changed(conf, masterdb, *tls_ops),
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server
 
@@ -11,20 +10,26 @@ from mailcluster import tlsprofile
 from mailcluster.site import Site
 
 
-@deploy("TLS material")
-def tls() -> list[OperationMeta]:
-    """Returns the operations, so a service can reload when its certificate changed."""
+def install_tls() -> list[OperationMeta]:
+    """Called inside a service's deploy. Returns the operations, so the service can
+    reload when its certificate changed."""
     site: Site = host.data.site
     files.directory(name="TLS folder", path=tlsprofile.TLS_DIR, mode="755")
-    certs = files.put(name="Certificate chain", src=str(site.tls.cert), dest=tlsprofile.CERT,
-                      mode="644")
-    key = files.put(name="Private key (0600)", src=str(site.tls.key), dest=tlsprofile.KEY,
-                    mode="600")
+    certs = files.put(
+        name="Certificate chain", src=str(site.tls.cert), dest=tlsprofile.CERT, mode="644"
+    )
+    key = files.put(
+        name="Private key (0600)", src=str(site.tls.key), dest=tlsprofile.KEY, mode="600"
+    )
     ca = files.put(name="Site CA", src=str(site.tls.ca_cert), dest=tlsprofile.CA, mode="644")
     # In the system trust store too: Dovecot's proxy, Exim and RoundCube verify the
     # other nodes against it (Dovecot's login processes read only the system store).
-    trusted = files.put(name="Trust the site CA", src=str(site.tls.ca_cert),
-                        dest=tlsprofile.SYSTEM_CA, mode="644")
-    server.shell(name="Rebuild the system trust store", commands=["update-ca-certificates"],
-                 _if=trusted.did_change)
+    trusted = files.put(
+        name="Trust the site CA", src=str(site.tls.ca_cert), dest=tlsprofile.SYSTEM_CA, mode="644"
+    )
+    server.shell(
+        name="Rebuild the system trust store",
+        commands=["update-ca-certificates"],
+        _if=trusted.did_change,
+    )
     return [certs, key, ca, trusted]

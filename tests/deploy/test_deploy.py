@@ -29,7 +29,7 @@ def test_a_second_deploy_with_nothing_changed_reports_no_changes() -> None:
 def test_a_template_failing_validation_leaves_the_live_file_and_service(lab, lab_ssh) -> None:
     name = lab["hosts"][0]["name"]
     before = lab_ssh(name, f"sha256sum {SSHD_DROPIN}").stdout
-    broken = REPO / "tests" / "fixtures" / "broken_templates"
+    broken = REPO / "tests" / "fixtures" / "broken_templates" / "sshd"
     proc = pyinfra(
         "inventory/lab.py",
         "deploy.py",
@@ -44,3 +44,27 @@ def test_a_template_failing_validation_leaves_the_live_file_and_service(lab, lab
     assert lab_ssh(name, f"ls {SSHD_DROPIN}.mailcluster-new", check=False).returncode != 0
     assert lab_ssh(name, "systemctl is-active ssh").stdout.strip() == "active"
     assert "passwordauthentication no" in lab_ssh(name, "sshd -T").stdout
+
+
+def test_a_broken_dovecot_template_stops_the_run_and_dovecot_keeps_answering(lab, lab_ssh) -> None:
+    import imaplib
+
+    name = next(h for h in lab["hosts"] if "mail" in h["groups"])["name"]
+    address = next(h for h in lab["hosts"] if h["name"] == name)["address"]
+    before = lab_ssh(name, "sha256sum /etc/dovecot/dovecot.conf").stdout
+    broken = REPO / "tests" / "fixtures" / "broken_templates" / "dovecot-conf"
+    proc = pyinfra(
+        "inventory/lab.py",
+        "deploy.py",
+        "--limit",
+        name,
+        env={"MAILCLUSTER_TEMPLATE_PATH": str(broken)},
+    )
+    assert proc.returncode != 0
+    assert (
+        "validation failed, /etc/dovecot/dovecot.conf left unchanged" in proc.stdout + proc.stderr
+    )
+    assert lab_ssh(name, "sha256sum /etc/dovecot/dovecot.conf").stdout == before
+    client = imaplib.IMAP4(address, 143, timeout=10)
+    assert "AUTH=CRAM-MD5" in client.capabilities
+    client.shutdown()

@@ -9,16 +9,32 @@ from tests.conftest import REPO, lab_state_hosts
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "host" in metafunc.fixturenames:
-        names = [h["name"] for h in lab_state_hosts()] or ["(lab is not up)"]
-        metafunc.parametrize("host", names, indirect=True, scope="session")
+    """`host`: every lab machine; `mail_host`: the machines of group `mail`."""
+    hosts = lab_state_hosts()
+    for fixture, names in (
+        ("host", [h["name"] for h in hosts]),
+        ("mail_host", [h["name"] for h in hosts if "mail" in h["groups"]]),
+    ):
+        if fixture in metafunc.fixturenames:
+            metafunc.parametrize(
+                fixture, names or ["(lab is not up)"], indirect=True, scope="session"
+            )
 
 
-@pytest.fixture(scope="session")
-def host(request: pytest.FixtureRequest, lab):  # noqa: ANN001 - testinfra's Host
+def _testinfra_host(request: pytest.FixtureRequest, lab):  # noqa: ANN001, ANN202
     if request.param not in {h["name"] for h in lab["hosts"]}:
         pytest.fail("the lab is not up; run: make lab")
     return testinfra.get_host(f"ssh://{request.param}", ssh_config=lab["ssh_config"])
+
+
+@pytest.fixture(scope="session")
+def host(request: pytest.FixtureRequest, lab):  # noqa: ANN001, ANN201 - testinfra's Host
+    return _testinfra_host(request, lab)
+
+
+@pytest.fixture(scope="session")
+def mail_host(request: pytest.FixtureRequest, lab):  # noqa: ANN001, ANN201
+    return _testinfra_host(request, lab)
 
 
 __all__ = ["REPO"]

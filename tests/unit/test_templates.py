@@ -9,10 +9,40 @@ from typing import Any
 import jinja2
 import pytest
 
-from mailcluster import site, templating
+from mailcluster import site, sizing, templating, tlsprofile
 from tests.conftest import REPO
 
 SITE = site.load(REPO / "tests" / "fixtures" / "sites" / "loopback.yaml")
+
+_LIMITS = sizing.dovecot(4, 8192)
+_PASSDB: dict[str, Any] = {
+    "node": "mail01",
+    "entries": [
+        {"user": "alice", "hash": "{CRAM-MD5}" + "0" * 64, "backend": "mail01"},
+        {
+            "user": "bob",
+            "hash": "{CRAM-MD5}" + "1" * 64,
+            "backend": "mail02",
+            "backend_fqdn": "mail02.example.test",
+            "backend_ip": "127.0.0.3",
+            "master_user": "mailcluster-proxy",
+            "master_password": "m",
+        },
+    ],
+}
+DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
+    "dovecot/dovecot.conf.j2": {
+        "me": SITE.hosts[0],
+        "mail_nodes": SITE.in_group("mail"),
+        "limits": _LIMITS,
+        "tls": tlsprofile,
+        "passdb": "/p",
+        "masterdb": "/m",
+    },
+    "dovecot/passdb.j2": _PASSDB,
+    "dovecot/masterdb.j2": {"master_user": "mailcluster-proxy", "hash": "{SSHA512}x"},
+    "dovecot/service-override.conf.j2": {"limits": _LIMITS},
+}
 
 # The context each template gets from its role (kept in step with mailcluster/roles/).
 CONTEXTS: dict[str, dict[str, Any]] = {
@@ -25,6 +55,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "chrony/default.j2": {"in_container": False},
     "chrony/unit-override.conf.j2": {"in_container": True},
     "ssh/10-mailcluster.conf.j2": {},
+    **DOVECOT_CONTEXTS,
 }
 
 
@@ -67,3 +98,19 @@ def test_a_template_path_override_takes_precedence(tmp_path: Path, monkeypatch) 
     out = templating.render("ssh/10-mailcluster.conf.j2")
     assert f"from {tmp_path}/ssh/10-mailcluster.conf.j2" in out.splitlines()[0]
     assert out.endswith("PasswordAuthentication yes\n")
+
+
+def test_passdb_proxies_only_users_of_other_backends() -> None:
+    out = templating.render("dovecot/passdb.j2", **_PASSDB)
+    assert "\nalice:{CRAM-MD5}" + "0" * 64 + "::::::\n" in out
+    assert (
+        "bob:{CRAM-MD5}" + "1" * 64 + "::::::proxy_maybe=y host=mail02.example.test "
+        "hostip=127.0.0.3 port=993 ssl=yes master=mailcluster-proxy pass=m\n"
+    ) in out
+
+
+def test_dovecot_conf_writes_the_sizing_arithmetic_next_to_the_setting() -> None:
+    out = templating.render(
+        "dovecot/dovecot.conf.j2", **DOVECOT_CONTEXTS["dovecot/dovecot.conf.j2"]
+    )
+    assert f"# {_LIMITS.why['imap_process_limit']}\n  process_limit = 4096" in out

@@ -1,0 +1,1 @@
+"""Small pyinfra deploy files for one job each (run by mailctl, not by operators)."""

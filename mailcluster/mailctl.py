@@ -1,0 +1,142 @@
+"""mailctl: set or reset a user's IMAP/SMTP password, and list users with their backends.
+
+    mailctl [-i INVENTORY] passwd USER            # prompts twice
+    mailctl [-i INVENTORY] passwd USER --stdin    # one line from stdin (scripts, the
+                                                  # registration page)
+    mailctl [-i INVENTORY] users
+
+The password is never taken from the command line (argv is visible to every local user
+in `ps`). The new {CRAM-MD5} hash goes into the site's password store (secrets_dir), then
+every mail node gets its passdb replaced by rename; Dovecot re-reads it on the next
+login, so the change takes effect without a restart and no login ever fails meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+from mailcluster import accounts
+from mailcluster import site as site_mod
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_INVENTORY = "inventory/production.py"
+# Long enough to resist guessing over the network; the old system had no rule at all.
+MIN_PASSWORD_LENGTH = 8
+
+
+class MailctlError(Exception):
+    pass
+
+
+def load_site(inventory: str) -> site_mod.Site:
+    """The site the inventory selects (as pyinfra would load it): validated."""
+    path = Path(inventory)
+    if not path.is_absolute():
+        path = REPO / path
+    if not path.exists():
+        raise MailctlError(f"{inventory}: no such inventory")
+    runpy.run_path(str(path))  # selects the site file, exits 2 on an invalid one
+    return site_mod.current()
+
+
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise MailctlError(f"password too short (at least {MIN_PASSWORD_LENGTH} characters)")
+    if any(c in password for c in "\r\n\0"):
+        raise MailctlError("password must not contain line breaks or NUL")
+
+
+def set_password(inventory: str, user: str, password: str) -> None:
+    """Store ``user``'s new password hash and push it to every mail node.
+
+    The registration page calls this too. Raises MailctlError; if the push to a node
+    fails, the store already holds the new hash and the next deploy or push converges.
+    """
+    if not accounts.USER_RE.match(user):
+        raise MailctlError(f"{user!r} is not a valid user name")
+    check_password(password)
+    site = load_site(inventory)
+    hashes = accounts.read_passwords(site.secrets_dir)
+    hashes[user] = accounts.cram_md5_hash(password)
+    accounts.write_passwords(site.secrets_dir, hashes)
+    push(inventory)
+
+
+def push(inventory: str) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyinfra",
+            "-y",
+            inventory,
+            "mailcluster/deploys/passdb.py",
+            "--limit",
+            "mail",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise MailctlError(f"pushing the passdb failed (the store has the new hash):\n{tail}")
+
+
+def read_new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    first = getpass.getpass("New IMAP/SMTP password: ")
+    if getpass.getpass("Again: ") != first:
+        raise MailctlError("the passwords differ; nothing changed")
+    return first
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mailctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-i",
+        "--inventory",
+        default=DEFAULT_INVENTORY,
+        help=f"pyinfra inventory (default {DEFAULT_INVENTORY})",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_passwd = sub.add_parser("passwd", help="set or reset a user's IMAP/SMTP password")
+    p_passwd.add_argument("user")
+    p_passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    p_passwd.add_argument("password", nargs="*", help=argparse.SUPPRESS)
+    sub.add_parser("users", help="users with an IMAP password, and their backend node")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.cmd == "passwd":
+            if args.password:
+                raise MailctlError(
+                    "passwords are never taken on the command line (use the prompt or --stdin)"
+                )
+            password = read_new_password(args.stdin)
+            set_password(args.inventory, args.user, password)
+            print(f"{args.user}: password set on every mail node")
+        elif args.cmd == "users":
+            site = load_site(args.inventory)
+            nodes = [h.name for h in site.in_group("mail")]
+            for user in sorted(accounts.read_passwords(site.secrets_dir)):
+                backend = accounts.backend_for(user, nodes, site.backend_overrides)
+                pinned = " (override)" if user in site.backend_overrides else ""
+                print(f"{user}\t{backend}{pinned}")
+    except (MailctlError, site_mod.SiteError, ValueError) as exc:
+        print(f"mailctl: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

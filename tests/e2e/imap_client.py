@@ -1,0 +1,77 @@
+"""IMAP as a mail client speaks it, from the lab host (never from inside a machine)."""
+
+from __future__ import annotations
+
+import imaplib
+import socket
+import ssl
+from typing import Any
+
+TIMEOUT = 20
+
+
+def context(lab: dict[str, Any]) -> ssl.SSLContext:
+    """Verifies the server against the lab CA, by address (certificates carry the IPs)."""
+    return ssl.create_default_context(cafile=lab["ca_cert"])
+
+
+class _FromIMAP4(imaplib.IMAP4):
+    """IMAP4 from a chosen local address (imaplib has no source_address)."""
+
+    source: str | None = None
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        src = (self.source, 0) if self.source else None
+        return socket.create_connection((self.host, self.port), timeout, source_address=src)
+
+
+class _FromIMAP4_SSL(imaplib.IMAP4_SSL):  # noqa: N801 - mirrors imaplib's name
+    source: str | None = None
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        src = (self.source, 0) if self.source else None
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=src)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def connect(
+    address: str, port: int, lab: dict[str, Any], source: str | None = None
+) -> imaplib.IMAP4:
+    """143: plain, 993: implicit TLS; ``source``: one of the lab host's client addresses."""
+    if port == 993:
+        cls_ssl = type("IMAP4_SSL_From", (_FromIMAP4_SSL,), {"source": source})
+        return cls_ssl(address, 993, ssl_context=context(lab), timeout=TIMEOUT)
+    cls = type("IMAP4_From", (_FromIMAP4,), {"source": source})
+    return cls(address, 143, timeout=TIMEOUT)
+
+
+def open_session(
+    address: str, mode: str, lab: dict[str, Any], source: str | None = None
+) -> imaplib.IMAP4:
+    """mode: "plain" (143), "starttls" (143 + STARTTLS) or "tls" (993)."""
+    if mode == "tls":
+        return connect(address, 993, lab, source)
+    client = connect(address, 143, lab, source)
+    if mode == "starttls":
+        client.starttls(context(lab))
+    return client
+
+
+def authenticate(client: imaplib.IMAP4, mechanism: str, user: str, password: str) -> None:
+    """Raises imaplib.IMAP4.error when the server refuses."""
+    if mechanism == "LOGIN":
+        client.login(user, password)
+    elif mechanism == "PLAIN":
+        client.authenticate("PLAIN", lambda _: f"\0{user}\0{password}".encode())
+    elif mechanism == "CRAM-MD5":
+        client.login_cram_md5(user, password)
+    else:
+        raise ValueError(mechanism)
+
+
+def login(
+    address: str, mode: str, mechanism: str, user: str, password: str, lab: dict[str, Any]
+) -> imaplib.IMAP4:
+    client = open_session(address, mode, lab)
+    authenticate(client, mechanism, user, password)
+    return client

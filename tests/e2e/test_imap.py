@@ -1,0 +1,257 @@
+"""IMAP as SERVICE.md promises it, spoken by a real client from the lab host.
+
+The SSL/auth matrix for every user through every mail node; the empty INBOX of a new
+user; proxying to the user's backend; a backend that is down; `mailctl passwd`.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from mailcluster.accounts import backend_for
+from tests.conftest import REPO, lab_state_hosts
+from tests.e2e.imap_client import authenticate, connect, login, open_session
+
+MAIL_NODES = [h["name"] for h in lab_state_hosts() if "mail" in h["groups"]] or ["(no lab)"]
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
+
+
+def node_address(lab: dict[str, Any], name: str) -> str:
+    return next(h["address"] for h in lab["hosts"] if h["name"] == name)
+
+
+def password_of(lab: dict[str, Any], user: str) -> str:
+    return next(a["password"] for a in lab["accounts"] if a["user"] == user)
+
+
+def backend(lab: dict[str, Any], user: str) -> str:
+    return backend_for(user, [h["name"] for h in lab["hosts"] if "mail" in h["groups"]])
+
+
+def refused(fn, *args) -> str:  # noqa: ANN001
+    with pytest.raises(imaplib.IMAP4.error) as exc:
+        fn(*args)
+    return str(exc.value)
+
+
+# -- the matrix ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("node", MAIL_NODES)
+def test_port_143_without_tls_advertises_logindisabled_and_only_cram_md5(lab, node) -> None:
+    client = connect(node_address(lab, node), 143, lab)
+    try:
+        caps = client.capabilities
+        assert "LOGINDISABLED" in caps
+        assert "STARTTLS" in caps
+        assert "AUTH=CRAM-MD5" in caps
+        assert "AUTH=PLAIN" not in caps and "AUTH=LOGIN" not in caps
+    finally:
+        client.shutdown()
+
+
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("node", MAIL_NODES)
+@pytest.mark.parametrize("mechanism", ["LOGIN", "PLAIN"])
+def test_plaintext_auth_without_tls_is_refused(lab, node, user, mechanism) -> None:
+    client = open_session(node_address(lab, node), "plain", lab)
+    try:
+        message = refused(authenticate, client, mechanism, user, password_of(lab, user))
+        assert "PRIVACYREQUIRED" in message or "disallowed" in message.lower(), message
+    finally:
+        client.shutdown()
+
+
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("node", MAIL_NODES)
+@pytest.mark.parametrize(
+    "mode,mechanism",
+    [
+        ("plain", "CRAM-MD5"),
+        ("starttls", "LOGIN"),
+        ("starttls", "PLAIN"),
+        ("starttls", "CRAM-MD5"),
+        ("tls", "LOGIN"),
+        ("tls", "PLAIN"),
+        ("tls", "CRAM-MD5"),
+    ],
+)
+def test_allowed_cells_accept_the_right_password(lab, node, user, mode, mechanism) -> None:
+    client = login(node_address(lab, node), mode, mechanism, user, password_of(lab, user), lab)
+    try:
+        status, data = client.select("INBOX", readonly=True)
+        assert status == "OK", data
+    finally:
+        client.logout()
+
+
+ALLOWED_CELLS = [
+    ("plain", "CRAM-MD5"),
+    ("starttls", "LOGIN"),
+    ("starttls", "PLAIN"),
+    ("starttls", "CRAM-MD5"),
+    ("tls", "LOGIN"),
+    ("tls", "PLAIN"),
+    ("tls", "CRAM-MD5"),
+]
+
+
+def bad_client(lab: dict[str, Any]) -> str:
+    """Failed logins come from another lab-host address: Dovecot penalises (delays) every
+    login from an address that failed recently, and the main one must stay clean."""
+    return lab["client_addresses"][0]
+
+
+def attempt(lab, address: str, mode: str, mechanism: str, user: str, password: str) -> str:  # noqa: ANN001
+    client = open_session(address, mode, lab, source=bad_client(lab))
+    try:
+        authenticate(client, mechanism, user, password)
+        return "accepted"
+    except imaplib.IMAP4.error as exc:
+        return str(exc)
+    finally:
+        client.shutdown()
+
+
+@pytest.mark.parametrize("node", MAIL_NODES)
+def test_allowed_cells_refuse_a_wrong_password(lab, node) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # One user local to this node and one proxied, every cell; concurrently, since each
+    # failure costs the auth penalty delay. All results are checked, so none hides another.
+    cases = [(m, mech, u) for m, mech in ALLOWED_CELLS for u in (USERS[0], USERS[1])]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(
+            pool.map(
+                lambda c: attempt(lab, node_address(lab, node), c[0], c[1], c[2], "wrong-password"),
+                cases,
+            )
+        )
+    failed = {c: r for c, r in zip(cases, results, strict=True) if "AUTHENTICATIONFAILED" not in r}
+    assert failed == {}
+
+
+# -- mailbox ------------------------------------------------------------------------------
+
+
+def test_a_user_without_mail_sees_an_empty_inbox_and_gets_a_private_maildir(lab, lab_ssh) -> None:
+    user = "grace"
+    home = f"/home/{user}"
+    lab_ssh(backend(lab, user), f"rm -rf {home}/Maildir")
+    for node in MAIL_NODES:
+        client = login(node_address(lab, node), "tls", "LOGIN", user, password_of(lab, user), lab)
+        try:
+            status, data = client.select("INBOX")
+            assert status == "OK" and data == [b"0"], data
+        finally:
+            client.logout()
+    stat = lab_ssh(backend(lab, user), f"stat -c '%U %a' {home}/Maildir").stdout.split()
+    assert stat == [user, "700"]
+
+
+# -- one backend per user -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", USERS[:4])
+def test_a_session_via_another_node_is_served_by_the_users_backend(lab, lab_ssh, user) -> None:
+    home = backend(lab, user)
+    other = next(n for n in MAIL_NODES if n != home)
+    client = login(node_address(lab, other), "plain", "CRAM-MD5", user, password_of(lab, user), lab)
+    try:
+        client.select("INBOX")
+        who_backend = lab_ssh(home, f"doveadm who -1 {user}").stdout
+        who_proxy = lab_ssh(other, f"doveadm who -1 {user}", check=False).stdout
+        # The backend serves the session for the client's own address (passed on by the
+        # proxy as a trusted node); the proxy node runs no imap process for it.
+        assert f"{user} " in who_backend and "10.77.0.1" in who_backend, who_backend
+        assert f"{user} " not in who_proxy, who_proxy
+    finally:
+        client.logout()
+
+
+def test_when_a_backend_is_down_its_users_get_unavailable_others_are_unaffected(
+    lab, lab_ssh
+) -> None:
+    down, up = MAIL_NODES[1], MAIL_NODES[0]
+    victim = next(u for u in USERS if backend(lab, u) == down)
+    bystander = next(u for u in USERS if backend(lab, u) == up)
+    lab_ssh(down, "systemctl stop dovecot")
+    try:
+        for mode, mechanism in (("plain", "CRAM-MD5"), ("tls", "LOGIN")):
+            client = open_session(node_address(lab, up), mode, lab)
+            message = refused(authenticate, client, mechanism, victim, password_of(lab, victim))
+            assert "[UNAVAILABLE]" in message, message
+            client.shutdown()
+            ok = login(
+                node_address(lab, up), mode, mechanism, bystander, password_of(lab, bystander), lab
+            )
+            ok.logout()
+    finally:
+        lab_ssh(down, "systemctl start dovecot")
+        deadline = time.monotonic() + 30
+        while lab_ssh(down, "doveadm who", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "dovecot did not come back"
+            time.sleep(0.5)
+
+
+# -- mailctl ------------------------------------------------------------------------------
+
+
+def mailctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailcluster.mailctl", "-i", "inventory/lab.py", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+def test_mailctl_passwd_replaces_the_password_on_every_node_without_restart(lab, lab_ssh) -> None:
+    user, old, new = "dave", password_of(lab, "dave"), "a-new-imap-password-42"
+    pids = {n: lab_ssh(n, "systemctl show -p MainPID --value dovecot").stdout for n in MAIL_NODES}
+    proc = mailctl("passwd", user, "--stdin", stdin=new + "\n")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        for node in MAIL_NODES:
+            address = node_address(lab, node)
+            for mode, mechanism in (("plain", "CRAM-MD5"), ("tls", "LOGIN")):
+                login(address, mode, mechanism, user, new, lab).logout()
+                result = attempt(lab, address, mode, mechanism, user, old)
+                assert "AUTHENTICATIONFAILED" in result, result
+        after = {
+            n: lab_ssh(n, "systemctl show -p MainPID --value dovecot").stdout for n in MAIL_NODES
+        }
+        assert after == pids, "Dovecot was restarted"
+    finally:
+        assert mailctl("passwd", user, "--stdin", stdin=old + "\n").returncode == 0
+    login(node_address(lab, MAIL_NODES[0]), "tls", "LOGIN", user, old, lab).logout()
+
+
+def test_mailctl_refuses_a_password_on_the_command_line() -> None:
+    proc = mailctl("passwd", "dave", "hunter2hunter2")
+    assert proc.returncode == 2
+    assert "never taken on the command line" in proc.stderr
+
+
+def test_mailctl_refuses_a_too_short_password_and_changes_nothing(lab) -> None:
+    proc = mailctl("passwd", "dave", "--stdin", stdin="short\n")
+    assert proc.returncode == 2 and "too short" in proc.stderr
+    login(
+        node_address(lab, MAIL_NODES[0]), "tls", "LOGIN", "dave", password_of(lab, "dave"), lab
+    ).logout()
+
+
+def test_mailctl_lists_users_with_their_backends(lab) -> None:
+    proc = mailctl("users")
+    assert proc.returncode == 0, proc.stderr
+    listed = dict(line.split("\t") for line in proc.stdout.splitlines())
+    for user in USERS:
+        assert listed[user] == backend(lab, user)

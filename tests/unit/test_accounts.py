@@ -1,0 +1,89 @@
+"""Password hashes and the user -> backend map, without a machine."""
+
+from __future__ import annotations
+
+import stat
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mailcluster import accounts, sizing
+
+
+@pytest.mark.parametrize(
+    "password,expected",
+    [  # `doveadm pw -s CRAM-MD5 -p ...` on Dovecot 2.3.19
+        ("secret pass", "5c5e8dbd10626a25499ee4907c5f7dad2991f6e2093c44f0f7f8732802e3a963"),
+        ("", "00747cf2ffaf11c5ea4a64979c3901fc1d20dee13f480bb598f7d8575b23e61b"),
+    ],
+)
+def test_cram_md5_hash_matches_doveadm(password: str, expected: str) -> None:
+    assert accounts.cram_md5_hash(password) == "{CRAM-MD5}" + expected
+
+
+def test_cram_md5_hash_of_a_long_password_is_well_formed() -> None:
+    assert len(accounts.cram_md5_hash("x" * 100)) == len("{CRAM-MD5}") + 64
+
+
+USERS = [f"user{i:05d}" for i in range(20000)]
+
+
+def test_backend_map_is_stable_and_deterministic() -> None:
+    nodes = [f"mail{i:02d}" for i in range(1, 17)]
+    first = [accounts.backend_for(u, nodes) for u in USERS[:500]]
+    assert first == [accounts.backend_for(u, list(reversed(nodes))) for u in USERS[:500]]
+
+
+def test_backend_map_is_balanced() -> None:
+    nodes = [f"mail{i:02d}" for i in range(1, 17)]
+    counts = Counter(accounts.backend_for(u, nodes) for u in USERS)
+    mean = len(USERS) / len(nodes)
+    assert set(counts) == set(nodes)
+    assert all(abs(c - mean) < 0.1 * mean for c in counts.values()), counts
+
+
+def test_adding_a_node_moves_about_one_in_n_users_and_only_to_it() -> None:
+    before = [f"mail{i:02d}" for i in range(1, 17)]
+    after = [*before, "mail17"]
+    moved = [u for u in USERS if accounts.backend_for(u, before) != accounts.backend_for(u, after)]
+    assert all(accounts.backend_for(u, after) == "mail17" for u in moved)
+    assert abs(len(moved) / len(USERS) - 1 / 17) < 0.01
+
+
+def test_removing_a_node_moves_only_its_users() -> None:
+    before = [f"mail{i:02d}" for i in range(1, 17)]
+    after = [n for n in before if n != "mail05"]
+    for u in USERS[:3000]:
+        if accounts.backend_for(u, before) != "mail05":
+            assert accounts.backend_for(u, after) == accounts.backend_for(u, before)
+
+
+def test_an_override_pins_a_user() -> None:
+    assert accounts.backend_for("alice", ["mail01", "mail02"], {"alice": "mail02"}) == "mail02"
+
+
+def test_password_store_round_trip_is_private(tmp_path: Path) -> None:
+    hashes = {"bob": accounts.cram_md5_hash("b0bpassword"), "alice": accounts.cram_md5_hash("x")}
+    accounts.write_passwords(tmp_path / "secrets", hashes)
+    assert accounts.read_passwords(tmp_path / "secrets") == hashes
+    mode = stat.S_IMODE(accounts.passwords_file(tmp_path / "secrets").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_a_corrupt_store_names_file_and_line(tmp_path: Path) -> None:
+    accounts.passwords_file(tmp_path).write_text("alice:{PLAIN}secret\n")
+    with pytest.raises(ValueError, match=r"imap-passwords:1: expected"):
+        accounts.read_passwords(tmp_path)
+
+
+def test_a_production_node_accepts_at_least_4000_imap_sessions() -> None:
+    limits = sizing.dovecot(vcpus=4, memory_mb=8192)
+    assert limits.imap_process_limit >= 4000
+    assert limits.login_processes * limits.login_client_limit >= limits.imap_process_limit
+    assert limits.default_client_limit > limits.imap_process_limit
+    assert "8192 MB" in limits.why["imap_process_limit"]
+
+
+def test_a_small_machine_keeps_a_floor() -> None:
+    assert sizing.dovecot(vcpus=1, memory_mb=512).imap_process_limit == sizing.IMAP_MIN_SESSIONS
