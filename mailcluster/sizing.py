@@ -16,6 +16,8 @@ IMAP_SESSION_MIB = 1
 IMAP_MEMORY_SHARE = 0.5
 # Floor for tiny test machines: a mail node must still take a lecture hall's worth.
 IMAP_MIN_SESSIONS = 1000
+# Memory an imap-login process holds per proxied session: measured 0.31-0.33 MiB, with margin.
+LOGIN_PROXY_MIB = 0.5
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class DovecotLimits:
     login_client_limit: int
     default_client_limit: int
     nofile: int
+    login_vsz_mb: int
     why: dict[str, str]
 
 
@@ -41,6 +44,9 @@ def dovecot(vcpus: int, memory_mb: int) -> DovecotLimits:
     default_clients = imap + login_procs * 2 + 100
     # Two descriptors per proxied client (client + backend), plus the process's own.
     nofile = max(65536, 2 * login_clients + 1024, imap + 1024)
+    # A proxied session costs its imap-login process about 0.3 MiB (BENCHMARKS.md);
+    # the address space must hold a full process, or it dies at vsz_limit.
+    login_vsz = max(1024, 256 + math.ceil(login_clients * LOGIN_PROXY_MIB))
     why = {
         "imap_process_limit": (
             f"{memory_mb} MB x {IMAP_MEMORY_SHARE} / {IMAP_SESSION_MIB} MiB per session "
@@ -50,5 +56,9 @@ def dovecot(vcpus: int, memory_mb: int) -> DovecotLimits:
         "login_client_limit": f"{imap} sessions / {login_procs} login processes",
         "default_client_limit": f"{imap} sessions + 2 x {login_procs} login + 100 spare",
         "nofile": f"2 fds x {login_clients} proxied clients + 1024, at least 65536",
+        "login_vsz_mb": (
+            f"256 MiB + {login_clients} clients x {LOGIN_PROXY_MIB} MiB per proxied session, "
+            "at least 1 GiB"
+        ),
     }
-    return DovecotLimits(imap, login_procs, login_clients, default_clients, nofile, why)
+    return DovecotLimits(imap, login_procs, login_clients, default_clients, nofile, login_vsz, why)

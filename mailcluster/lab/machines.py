@@ -118,8 +118,8 @@ def start(m: Machine) -> subprocess.Popen[bytes]:
         "--link-journal=no",
         "--console=passive",
         # The machines' hard limit, as a VM's kernel would have it (nr_open): services
-        # raise theirs within it (Dovecot's LimitNOFILE). The lab host's own shell may
-        # be capped lower (20000 here); root may raise it for its children.
+        # raise theirs within it (Dovecot's LimitNOFILE). Takes effect only where the lab
+        # host has CAP_SYS_RESOURCE; otherwise the machines keep the host's hard limit.
         f"--rlimit=RLIMIT_NOFILE={NOFILE}",
     ]
     if "mail" in m.groups:

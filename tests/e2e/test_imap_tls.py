@@ -17,15 +17,20 @@ MAIL = [h for h in lab_state_hosts() if "mail" in h["groups"]] or [{"name": "-",
 def test_the_certificate_covers_the_imap_service_name_and_the_node_name(lab, node) -> None:
     ctx = ssl.create_default_context(cafile=lab["ca_cert"])
     for name in (f"imap.{lab['domain']}", f"{node['name']}.{lab['domain']}"):
-        with socket.create_connection((node["address"], 993), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname=name) as tls:
-                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        with (
+            socket.create_connection((node["address"], 993), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
 def s_client(address: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["openssl", "s_client", "-connect", f"{address}:993", *args],
-        input="", capture_output=True, text=True, timeout=30,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 

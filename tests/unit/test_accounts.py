@@ -83,6 +83,8 @@ def test_a_production_node_accepts_at_least_4000_imap_sessions() -> None:
     assert limits.login_processes * limits.login_client_limit >= limits.imap_process_limit
     assert limits.default_client_limit > limits.imap_process_limit
     assert "8192 MB" in limits.why["imap_process_limit"]
+    # imap-login's address space holds every proxied session it may take (~0.3 MiB each).
+    assert limits.login_vsz_mb >= limits.login_client_limit * 0.35
 
 
 def test_a_small_machine_keeps_a_floor() -> None:
