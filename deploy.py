@@ -8,10 +8,12 @@ from pyinfra import host
 
 from mailcluster.roles.base import base
 from mailcluster.roles.dovecot import dovecot
+from mailcluster.roles.exim import exim
 
-# Each group's roles, in order. Exim (mail), webmail and db arrive with their issues.
+# Each group's roles, in order. Exim first on mail nodes: it creates the Debian-exim
+# group that the TLS key and Dovecot's auth socket for Exim belong to.
 ROLES = {
-    "mail": [dovecot],
+    "mail": [exim, dovecot],
 }
 
 base()

@@ -62,3 +62,42 @@ def dovecot(vcpus: int, memory_mb: int) -> DovecotLimits:
         ),
     }
     return DovecotLimits(imap, login_procs, login_clients, default_clients, nofile, login_vsz, why)
+
+
+@dataclass(frozen=True)
+class EximLimits:
+    vcpus: int
+    memory_mb: int
+    smtp_accept_max: int
+    smtp_accept_max_per_host: int
+    smtp_accept_queue_per_connection: int
+    queue_run_max: int
+    remote_max_parallel: int
+    why: dict[str, str]
+
+
+# One SMTP connection is one forked exim process: about 4 MiB; an eighth of memory
+# for them (Dovecot's sessions have half).
+EXIM_CONNECTION_MIB = 4
+EXIM_MEMORY_SHARE = 1 / 8
+
+
+def exim(vcpus: int, memory_mb: int) -> EximLimits:
+    vcpus = max(1, vcpus)
+    accept = max(50, min(2000, int(memory_mb * EXIM_MEMORY_SHARE / EXIM_CONNECTION_MIB)))
+    per_host = max(10, accept // 10)
+    runners = 2 * vcpus
+    parallel = 2 * vcpus
+    why = {
+        "smtp_accept_max": (
+            f"{memory_mb} MB / 8 / {EXIM_CONNECTION_MIB} MiB per connection = "
+            f"{int(memory_mb * EXIM_MEMORY_SHARE / EXIM_CONNECTION_MIB)} (50..2000; stock 20)"
+        ),
+        "smtp_accept_max_per_host": f"a tenth of {accept}: one client cannot take them all",
+        "smtp_accept_queue_per_connection": (
+            "stock 10: a connection sending more than 10 messages queues the rest"
+        ),
+        "queue_run_max": f"2 x {vcpus} vCPUs (deliveries wait on disk and network)",
+        "remote_max_parallel": f"2 x {vcpus} vCPUs parallel remote deliveries per message",
+    }
+    return EximLimits(vcpus, memory_mb, accept, per_host, 10, runners, parallel, why)

@@ -19,6 +19,27 @@ TLS12_CIPHERS = ":".join(
     ]
 )
 
+# The same profile as a GnuTLS priority string (Debian's and Ubuntu's Exim use GnuTLS):
+# TLS 1.2/1.3, AEAD ciphers, forward-secret key exchange only.
+GNUTLS_PRIORITY = ":".join(
+    [
+        "NORMAL",
+        "-VERS-ALL",
+        "+VERS-TLS1.3",
+        "+VERS-TLS1.2",
+        "-CIPHER-ALL",
+        "+AES-128-GCM",
+        "+AES-256-GCM",
+        "+CHACHA20-POLY1305",
+        "-MAC-ALL",
+        "+AEAD",
+        "-KX-ALL",
+        "+ECDHE-ECDSA",
+        "+ECDHE-RSA",
+        "+DHE-RSA",
+    ]
+)
+
 # Where every service finds the site's certificate on a host.
 TLS_DIR = "/etc/mailcluster/tls"
 CERT = f"{TLS_DIR}/fullchain.pem"

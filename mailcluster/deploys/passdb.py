@@ -1,8 +1,11 @@
-"""Push each mail node its Dovecot passdb (run by `mailctl passwd`): nothing else changes."""
+"""Push each mail node its account maps (run by `mailctl passwd`): Dovecot's passdb and
+Exim's backends map. Nothing else changes."""
 
 from pyinfra import host
 
 from mailcluster.roles.dovecot import push_passdb
+from mailcluster.roles.exim import push_backends
 
 if "mail" in host.groups:
     push_passdb()
+    push_backends()

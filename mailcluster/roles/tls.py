@@ -18,8 +18,16 @@ def install_tls() -> list[OperationMeta]:
     certs = files.put(
         name="Certificate chain", src=str(site.tls.cert), dest=tlsprofile.CERT, mode="644"
     )
+    # Exim reads the key as its own user (Debian-exim) after dropping root; Dovecot and
+    # nginx read it as root.
+    key_group = "Debian-exim" if "mail" in host.groups else "root"
     key = files.put(
-        name="Private key (0600)", src=str(site.tls.key), dest=tlsprofile.KEY, mode="600"
+        name="Private key (0640)",
+        src=str(site.tls.key),
+        dest=tlsprofile.KEY,
+        mode="640",
+        user="root",
+        group=key_group,
     )
     ca = files.put(name="Site CA", src=str(site.tls.ca_cert), dest=tlsprofile.CA, mode="644")
     # In the system trust store too: Dovecot's proxy, Exim and RoundCube verify the

@@ -69,7 +69,7 @@ def test_passdb_and_keys_are_not_world_readable(mail_host) -> None:
         f = mail_host.file(path)
         assert (f.user, f.group, f.mode) == ("root", "dovecot", 0o640), path
     key = mail_host.file("/etc/mailcluster/tls/privkey.pem")
-    assert (key.user, key.mode) == ("root", 0o600)
+    assert (key.user, key.group, key.mode) == ("root", "Debian-exim", 0o640)
 
 
 @pytest.mark.parametrize("port", [143, 993])

@@ -1,0 +1,92 @@
+"""The Exim role (group `mail`): SMTP on 25/587/465, SMTP-AUTH through Dovecot, delivery
+into ~/Maildir (or procmail) on the recipient's backend, and no open relay."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.operations import apt, files, systemd
+from pyinfra.operations.util import any_changed
+
+from mailcluster import accounts, sizing, tlsprofile
+from mailcluster.ops import managed_file
+from mailcluster.roles.tls import install_tls
+from mailcluster.site import Site
+
+PACKAGES = ["exim4-daemon-heavy", "procmail"]
+CONF_DIR = "/etc/exim4/mailcluster"
+BACKENDS = f"{CONF_DIR}/backends"
+# Dovecot's auth listener for Exim (defined in dovecot.conf, group Debian-exim).
+AUTH_SOCKET = "/run/dovecot/auth-exim"
+
+
+def backends_context(site: Site, node: str) -> dict[str, object]:
+    """Registered users and where their mailbox is: "local" on their backend, else the
+    backend's name (this node hands it their mail)."""
+    mail_nodes = [h.name for h in site.in_group("mail")]
+    rows = []
+    for user in sorted(accounts.read_passwords(site.secrets_dir)):
+        backend = accounts.backend_for(user, mail_nodes, site.backend_overrides)
+        rows.append((user, "local" if backend == node else site.fqdn(backend)))
+    return {"node": node, "rows": rows}
+
+
+def smarthost_route(smarthost: str | None) -> str | None:
+    """Site form "host" or "host:port" -> Exim's route_list form "host::port"."""
+    if not smarthost:
+        return None
+    host_part, _, port = smarthost.replace("::", ":").partition(":")
+    return f"{host_part}::{port}" if port else host_part
+
+
+@deploy("Exim (SMTP)")
+def exim() -> None:
+    site: Site = host.data.site
+    me = site.host(host.name)
+    limits = sizing.exim(host.get_fact(Cpus) or 1, int(host.get_fact(Memory) or 1024))
+
+    apt.packages(name="Install Exim and procmail", packages=PACKAGES, no_recommends=True)
+    tls_ops = install_tls()
+
+    push_backends()
+    conf = managed_file(
+        name="exim4.conf",
+        dest="/etc/exim4/exim4.conf",
+        template="exim4/exim4.conf.j2",
+        context={
+            "me": me,
+            "fqdn": site.fqdn(me.name),
+            "domain": site.domain,
+            "mail_nodes": site.in_group("mail"),
+            "smarthost": smarthost_route(site.smarthost),
+            "tls": tlsprofile,
+            "limits": limits,
+            "auth_socket": AUTH_SOCKET,
+        },
+        # -bV prints a long banner; on failure show only the error lines.
+        validate=(
+            "exim4 -bV -C {path} >/dev/null 2>&1 || "
+            "{{ exim4 -bV -C {path} 2>&1 | grep -A3 -i error; exit 1; }}"
+        ),
+    )
+    # Started at boot by its init script (the package enables it); systemd reports the
+    # generated unit as never "enabled", so asking for that would change on every run.
+    systemd.service(name="Run Exim", service="exim4", running=True)
+    # SIGHUP: the daemon re-executes itself with the new configuration; queued mail and
+    # connections in progress are untouched.
+    systemd.service(
+        name="Reload Exim", service="exim4", reloaded=True, _if=any_changed(conf, *tls_ops)
+    )
+
+
+@deploy("Exim backends map")
+def push_backends() -> None:
+    site: Site = host.data.site
+    files.directory(name="Exim's mailcluster folder", path=CONF_DIR, mode="755")
+    managed_file(
+        name="Where each user's mailbox lives (backends)",
+        dest=BACKENDS,
+        template="exim4/backends.j2",
+        context=backends_context(site, host.name),
+    )
