@@ -43,24 +43,35 @@ def add_plain_home(user: str, uid: int, gid: int) -> Path:
     return home
 
 
-def set_quota(user: str, limit_bytes: int | None) -> None:
+def _qgroup(user: str) -> str:
+    """The level-0 qgroup of a user's home subvolume, e.g. "0/261"."""
     home = config.HOMES / user
     if not home.is_dir():
         raise LabError(f"{user}: no such lab user home ({home}); is the lab up?")
-    run(["btrfs", "qgroup", "limit", "none" if limit_bytes is None else str(limit_bytes), home])
-    run(["btrfs", "quota", "rescan", "-w", config.HOMES], check=False)
+    out = run(["btrfs", "subvolume", "show", home]).stdout
+    sid = next(line.split()[-1] for line in out.splitlines() if "Subvolume ID" in line)
+    return f"0/{sid}"
+
+
+def set_quota(user: str, limit_bytes: int | None) -> None:
+    # Addressed by qgroup id on the file system's root: a limit change on the home's own
+    # path starts a transaction charged to that home, which fails with EDQUOT once the
+    # home is over its limit -- exactly when the limit must be raised.
+    qgroup = _qgroup(user)
+    value = "none" if limit_bytes is None else str(limit_bytes)
+    run(["btrfs", "qgroup", "limit", value, qgroup, config.HOMES])
+    # Commit now: until the transaction commits, writes may still pass the old limit.
+    run(["btrfs", "filesystem", "sync", config.HOMES])
 
 
 def usage(user: str) -> dict[str, int | None]:
     """Referenced bytes and limit of a user's home, as the kernel accounts them."""
-    home = config.HOMES / user
+    qgroup = _qgroup(user)
     run(["btrfs", "filesystem", "sync", config.HOMES], check=False)
     out = run(["btrfs", "qgroup", "show", "-re", "--raw", config.HOMES]).stdout
-    subvol_id = run(["btrfs", "subvolume", "show", home]).stdout
-    sid = next(line.split()[-1] for line in subvol_id.splitlines() if "Subvolume ID" in line)
     for line in out.splitlines():
         cols = line.split()
-        if cols and cols[0] == f"0/{sid}":
+        if cols and cols[0] == qgroup:
             limit = None if cols[3] == "none" else int(cols[3])
             return {"used": int(cols[1]), "limit": limit}
-    raise LabError(f"{user}: no qgroup for {home}")
+    raise LabError(f"{user}: no qgroup {qgroup}")
