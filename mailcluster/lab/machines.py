@@ -124,9 +124,16 @@ def start(m: Machine) -> subprocess.Popen[bytes]:
     ]
     if "mail" in m.groups:
         cmd.append(f"--bind={config.HOMES}:/home")
+    # A reboot inside the machine ends systemd-nspawn with status 133; boot it again, as
+    # a VM's firmware would (the machine keeps its disk: the overlay's upper layer).
+    supervised = 'while :; do "$@"; rc=$?; [ "$rc" -eq 133 ] || exit "$rc"; done'
     log = open(d / "nspawn.log", "ab")  # noqa: SIM115 -- handed to the child
     return subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        ["sh", "-c", supervised, f"{config.PREFIX}-machine", *cmd],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 

@@ -58,7 +58,6 @@ def exim() -> None:
             "me": me,
             "fqdn": site.fqdn(me.name),
             "domain": site.domain,
-            "mail_nodes": site.in_group("mail"),
             "smarthost": smarthost_route(site.smarthost),
             "tls": tlsprofile,
             "limits": limits,

@@ -68,3 +68,26 @@ def test_a_broken_dovecot_template_stops_the_run_and_dovecot_keeps_answering(lab
     client = imaplib.IMAP4(address, 143, timeout=10)
     assert "AUTH=CRAM-MD5" in client.capabilities
     client.shutdown()
+
+
+def test_a_broken_exim_template_stops_the_run_and_exim_keeps_answering(lab, lab_ssh) -> None:
+    import smtplib
+
+    name = next(h for h in lab["hosts"] if "mail" in h["groups"])["name"]
+    address = next(h for h in lab["hosts"] if h["name"] == name)["address"]
+    before = lab_ssh(name, "sha256sum /etc/exim4/exim4.conf").stdout
+    broken = REPO / "tests" / "fixtures" / "broken_templates" / "exim-conf"
+    proc = pyinfra(
+        "inventory/lab.py",
+        "deploy.py",
+        "--limit",
+        name,
+        env={"MAILCLUSTER_TEMPLATE_PATH": str(broken)},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "validation failed, /etc/exim4/exim4.conf left unchanged" in out
+    assert "smtp_accept_maximum" in out  # the error names the bad option
+    assert lab_ssh(name, "sha256sum /etc/exim4/exim4.conf").stdout == before
+    with smtplib.SMTP(address, 25, timeout=10) as smtp:
+        assert smtp.ehlo()[0] == 250

@@ -85,8 +85,10 @@ def test_a_message_accepted_on_any_node_lands_once_in_the_backends_maildir(
 ) -> None:
     home = backend(lab, user)
     msg_id = send(lab, via, user)
-    found = wait_for(lambda: files_with(lab_ssh, home, f"/home/{user}/Maildir/new", msg_id),
-                     f"{msg_id} in {user}'s Maildir")
+    found = wait_for(
+        lambda: files_with(lab_ssh, home, f"/home/{user}/Maildir/new", msg_id),
+        f"{msg_id} in {user}'s Maildir",
+    )
     time.sleep(1)  # a duplicate would arrive right behind the first copy
     assert len(files_with(lab_ssh, home, f"/home/{user}/Maildir", msg_id)) == 1, found
     # Written on the backend: its Exim logged the local delivery of this message.
@@ -114,19 +116,21 @@ def test_maildir_is_created_at_first_delivery_owned_by_the_user_mode_0700(lab, l
 def test_procmail_runs_the_delivery_when_procmailrc_exists(lab, lab_ssh) -> None:
     user = "erin"
     home = backend(lab, user)
-    rc = (
-        "MAILDIR=$HOME/Maildir/\nDEFAULT=$MAILDIR\n"
-        ":0\n* ^Subject:.*procmail-probe\n.Filed/\n"
+    rc = "MAILDIR=$HOME/Maildir/\nDEFAULT=$MAILDIR\n:0\n* ^Subject:.*procmail-probe\n.Filed/\n"
+    lab_ssh(
+        home, f"cat > /home/{user}/.procmailrc && chown {user}: /home/{user}/.procmailrc", input=rc
     )
-    lab_ssh(home, f"cat > /home/{user}/.procmailrc && chown {user}: /home/{user}/.procmailrc",
-            input=rc)
     try:
         filed = send(lab, next(n for n in MAIL_NODES if n != home), user, "procmail-probe")
         plain = send(lab, home, user, "not filed")
-        wait_for(lambda: files_with(lab_ssh, home, f"/home/{user}/Maildir/.Filed/new", filed),
-                 "procmail to file the message")
-        wait_for(lambda: files_with(lab_ssh, home, f"/home/{user}/Maildir/new", plain),
-                 "procmail's default delivery")
+        wait_for(
+            lambda: files_with(lab_ssh, home, f"/home/{user}/Maildir/.Filed/new", filed),
+            "procmail to file the message",
+        )
+        wait_for(
+            lambda: files_with(lab_ssh, home, f"/home/{user}/Maildir/new", plain),
+            "procmail's default delivery",
+        )
         for node in MAIL_NODES:
             assert imap_has(lab, node, user, filed, folder="Filed") == 1
             assert imap_has(lab, node, user, filed) == 0
@@ -137,14 +141,32 @@ def test_procmail_runs_the_delivery_when_procmailrc_exists(lab, lab_ssh) -> None
 
 
 def lab_quota(user: str, size: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "mailcluster.lab", "quota", user, size],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailcluster.lab", "quota", user, size],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 def queued(lab_ssh, node: str, msg_id: str) -> bool:  # noqa: ANN001
     ids = lab_ssh(node, "exim4 -bp | awk 'NF>=3 && $3 ~ /-/ {print $3}'").stdout.split()
     return any(msg_id in lab_ssh(node, f"exim4 -Mvh {i}", check=False).stdout for i in ids)
+
+
+def reboot(lab_ssh, node: str) -> None:  # noqa: ANN001
+    """Reboot a lab machine and wait until it is back with Exim running."""
+    lab_ssh(node, "touch /run/before-reboot && (sleep 1; systemctl reboot) >/dev/null 2>&1 &")
+
+    def back() -> bool:
+        probe = lab_ssh(
+            node, "test ! -e /run/before-reboot && systemctl is-active exim4", check=False
+        )
+        return probe.returncode == 0
+
+    wait_for(back, f"{node} to reboot", timeout=120)
 
 
 def test_over_quota_defers_keeps_the_message_through_a_restart_then_delivers_once(
@@ -168,13 +190,17 @@ def test_over_quota_defers_keeps_the_message_through_a_restart_then_delivers_onc
         assert not files_with(lab_ssh, home, f"/home/{user}/Maildir", msg_id)
         # The user can still log in and read old mail.
         assert imap_has(lab, other, user, old) == 1
-        # The queue is on disk: a restart loses nothing.
+        # The queue is on disk: a restart loses nothing, nor does a reboot of the machine.
         lab_ssh(home, "systemctl restart exim4")
+        assert queued(lab_ssh, home, msg_id)
+        reboot(lab_ssh, home)
         assert queued(lab_ssh, home, msg_id)
     finally:
         lab_quota(user, "none")
     lab_ssh(home, "exim4 -qff")
-    wait_for(lambda: files_with(lab_ssh, home, f"/home/{user}/Maildir/new", msg_id),
-             "delivery after the quota was raised")
+    wait_for(
+        lambda: files_with(lab_ssh, home, f"/home/{user}/Maildir/new", msg_id),
+        "delivery after the quota was raised",
+    )
     assert len(files_with(lab_ssh, home, f"/home/{user}/Maildir", msg_id)) == 1
     assert not queued(lab_ssh, home, msg_id)

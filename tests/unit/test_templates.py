@@ -44,6 +44,19 @@ DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
     "dovecot/service-override.conf.j2": {"limits": _LIMITS},
 }
 
+EXIM_CONTEXTS: dict[str, dict[str, Any]] = {
+    "exim4/exim4.conf.j2": {
+        "me": SITE.hosts[0],
+        "fqdn": "mail01.example.test",
+        "domain": SITE.domain,
+        "smarthost": "127.0.0.1::25",
+        "tls": tlsprofile,
+        "limits": sizing.exim(4, 8192),
+        "auth_socket": "/run/dovecot/auth-exim",
+    },
+    "exim4/backends.j2": {"node": "mail01", "rows": [("alice", "local"), ("bob", "mail02.x")]},
+}
+
 # The context each template gets from its role (kept in step with mailcluster/roles/).
 CONTEXTS: dict[str, dict[str, Any]] = {
     "apt/01mailcluster-proxy.j2": {"proxy": "http://10.77.0.1:3150"},
@@ -56,6 +69,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "chrony/unit-override.conf.j2": {"in_container": True},
     "ssh/10-mailcluster.conf.j2": {},
     **DOVECOT_CONTEXTS,
+    **EXIM_CONTEXTS,
 }
 
 
@@ -114,3 +128,25 @@ def test_dovecot_conf_writes_the_sizing_arithmetic_next_to_the_setting() -> None
         "dovecot/dovecot.conf.j2", **DOVECOT_CONTEXTS["dovecot/dovecot.conf.j2"]
     )
     assert f"# {_LIMITS.why['imap_process_limit']}\n  process_limit = 4096" in out
+
+
+def test_exim_without_a_smarthost_looks_up_mx_records() -> None:
+    ctx = {**EXIM_CONTEXTS["exim4/exim4.conf.j2"], "smarthost": None}
+    out = templating.render("exim4/exim4.conf.j2", **ctx)
+    assert "driver = dnslookup" in out and "manualroute\n  domains = ! +local_domains" not in out
+
+
+def test_exim_smarthost_and_sizing_are_rendered_with_their_arithmetic() -> None:
+    out = templating.render("exim4/exim4.conf.j2", **EXIM_CONTEXTS["exim4/exim4.conf.j2"])
+    assert "route_list = * 127.0.0.1::25" in out
+    limits = sizing.exim(4, 8192)
+    assert f"# {limits.why['smtp_accept_max']}\nsmtp_accept_max = {limits.smtp_accept_max}" in out
+
+
+def test_smarthost_site_forms_become_exims_host_port_syntax() -> None:
+    from mailcluster.roles.exim import smarthost_route
+
+    assert smarthost_route("relay.example.org") == "relay.example.org"
+    assert smarthost_route("relay.example.org:587") == "relay.example.org::587"
+    assert smarthost_route("10.77.0.1::25") == "10.77.0.1::25"
+    assert smarthost_route(None) is None
