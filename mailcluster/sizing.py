@@ -95,9 +95,10 @@ def exim(vcpus: int, memory_mb: int) -> EximLimits:
         ),
         "smtp_accept_max_per_host": f"a tenth of {accept}: one client cannot take them all",
         "smtp_accept_queue_per_connection": (
-            "stock 10: a connection sending more than 10 messages queues the rest"
+            "stock 10 left the 11th message of a connection queued until the next queue "
+            "run; 100 keeps a busy sender's mail moving, smtp_accept_max bounds the processes"
         ),
         "queue_run_max": f"2 x {vcpus} vCPUs (deliveries wait on disk and network)",
         "remote_max_parallel": f"2 x {vcpus} vCPUs parallel remote deliveries per message",
     }
-    return EximLimits(vcpus, memory_mb, accept, per_host, 10, runners, parallel, why)
+    return EximLimits(vcpus, memory_mb, accept, per_host, 100, runners, parallel, why)

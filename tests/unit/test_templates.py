@@ -49,12 +49,14 @@ EXIM_CONTEXTS: dict[str, dict[str, Any]] = {
         "me": SITE.hosts[0],
         "fqdn": "mail01.example.test",
         "domain": SITE.domain,
+        "mail_nodes": SITE.in_group("mail"),
         "smarthost": "127.0.0.1::25",
         "tls": tlsprofile,
         "limits": sizing.exim(4, 8192),
         "auth_socket": "/run/dovecot/auth-exim",
     },
     "exim4/backends.j2": {"node": "mail01", "rows": [("alice", "local"), ("bob", "mail02.x")]},
+    "exim4/default.j2": {"queue_interval": "2m"},
 }
 
 # The context each template gets from its role (kept in step with mailcluster/roles/).
