@@ -55,3 +55,4 @@ purge: venv
 ## bench: the benchmarks (not part of `make test`); figures go to BENCHMARKS.md
 bench: lab
 	$(PY) bench/imap_sessions.py --sessions 4000
+	$(PY) bench/smtp_throughput.py --messages 1000
