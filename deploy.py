@@ -7,13 +7,18 @@ pyinfra inventory/production.py deploy.py   # the 20 production hosts
 from pyinfra import host
 
 from mailcluster.roles.base import base
+from mailcluster.roles.db import db
 from mailcluster.roles.dovecot import dovecot
 from mailcluster.roles.exim import exim
+from mailcluster.roles.webmail import webmail
 
 # Each group's roles, in order. Exim first on mail nodes: it creates the Debian-exim
-# group that the TLS key and Dovecot's auth socket for Exim belong to.
+# group that the TLS key and Dovecot's auth socket for Exim belong to. Groups run in
+# sorted order, so a host in both `db` and `webmail` has its database before RoundCube.
 ROLES = {
+    "db": [db],
     "mail": [exim, dovecot],
+    "webmail": [webmail],
 }
 
 base()

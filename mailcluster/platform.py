@@ -24,6 +24,18 @@ class Virtualization(FactBase[str]):
         return output[0].strip() if output else "none"
 
 
+# Versions the distributions ship: what paths and package names follow from.
+PHP = {("Ubuntu", 20): "7.4", ("Ubuntu", 22): "8.1", ("Ubuntu", 24): "8.3", ("Debian", 12): "8.2"}
+POSTGRESQL = {
+    ("Ubuntu", 20): "12",
+    ("Ubuntu", 22): "14",
+    ("Ubuntu", 24): "16",
+    ("Debian", 12): "15",
+}
+# RoundCube 1.4 (Ubuntu 20.04) serves from /var/lib/roundcube; 1.5+ from public_html.
+ROUNDCUBE_DOCROOT = {("Ubuntu", 20): "/var/lib/roundcube"}
+
+
 @dataclass(frozen=True)
 class Platform:
     distro: str
@@ -33,6 +45,18 @@ class Platform:
     @property
     def in_container(self) -> bool:
         return self.container != "none"
+
+    @property
+    def php(self) -> str:
+        return PHP[(self.distro, self.major)]
+
+    @property
+    def postgresql(self) -> str:
+        return POSTGRESQL[(self.distro, self.major)]
+
+    @property
+    def roundcube_docroot(self) -> str:
+        return ROUNDCUBE_DOCROOT.get((self.distro, self.major), "/var/lib/roundcube/public_html")
 
 
 def current() -> Platform:

@@ -102,3 +102,35 @@ def exim(vcpus: int, memory_mb: int) -> EximLimits:
         "remote_max_parallel": f"2 x {vcpus} vCPUs parallel remote deliveries per message",
     }
     return EximLimits(vcpus, memory_mb, accept, per_host, 100, runners, parallel, why)
+
+
+@dataclass(frozen=True)
+class PhpFpmLimits:
+    max_children: int
+    start_servers: int
+    min_spare: int
+    max_spare: int
+    why: dict[str, str]
+
+
+# A RoundCube request in php-fpm: about 40 MiB (memory_limit is 128M, typical use 20-50).
+PHP_CHILD_MIB = 40
+PHP_MEMORY_SHARE = 0.5  # half the webmail host's memory for PHP, the rest nginx, cache, OS
+
+
+def php_fpm(vcpus: int, memory_mb: int) -> PhpFpmLimits:
+    vcpus = max(1, vcpus)
+    by_memory = int(memory_mb * PHP_MEMORY_SHARE / PHP_CHILD_MIB)
+    children = max(5, by_memory)
+    start = min(children, 2 * vcpus)
+    min_spare = min(children, vcpus)
+    max_spare = min(children, 4 * vcpus)
+    why = {
+        "max_children": (
+            f"{memory_mb} MB x {PHP_MEMORY_SHARE} / {PHP_CHILD_MIB} MiB per child = {by_memory} "
+            "(at least 5); past it, requests wait: "
+            "'server reached pm.max_children setting'"
+        ),
+        "spares": f"{vcpus} vCPUs: start 2x, keep 1x..4x idle",
+    }
+    return PhpFpmLimits(children, start, min_spare, max_spare, why)

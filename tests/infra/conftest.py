@@ -14,6 +14,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for fixture, names in (
         ("host", [h["name"] for h in hosts]),
         ("mail_host", [h["name"] for h in hosts if "mail" in h["groups"]]),
+        ("webmail_host", [h["name"] for h in hosts if "webmail" in h["groups"]]),
     ):
         if fixture in metafunc.fixturenames:
             metafunc.parametrize(
@@ -34,6 +35,11 @@ def host(request: pytest.FixtureRequest, lab):  # noqa: ANN001, ANN201 - testinf
 
 @pytest.fixture(scope="session")
 def mail_host(request: pytest.FixtureRequest, lab):  # noqa: ANN001, ANN201
+    return _testinfra_host(request, lab)
+
+
+@pytest.fixture(scope="session")
+def webmail_host(request: pytest.FixtureRequest, lab):  # noqa: ANN001, ANN201
     return _testinfra_host(request, lab)
 
 

@@ -59,6 +59,39 @@ EXIM_CONTEXTS: dict[str, dict[str, Any]] = {
     "exim4/default.j2": {"queue_interval": "2m"},
 }
 
+WEBMAIL_CONTEXTS: dict[str, dict[str, Any]] = {
+    "postgresql/mailcluster.conf.j2": {"address": "127.0.0.4"},
+    "postgresql/pg_hba.conf.j2": {
+        "db": "roundcube",
+        "user": "roundcube",
+        "webmail": SITE.in_group("webmail"),
+    },
+    "roundcube/debconf.j2": {},
+    "roundcube/pgpass.j2": {"host": "127.0.0.1", "db": "d", "user": "u", "password": "p"},
+    "roundcube/config.inc.php.j2": {
+        "dsn": "pgsql://u:p@127.0.0.1/d",
+        "des_key": "k" * 24,
+        "imap": "ssl://mail01.example.test:993",
+        "smtp": "tls://mail01.example.test:587",
+        "legacy": False,
+        "domain": SITE.domain,
+        "ca_bundle": tlsprofile.SYSTEM_BUNDLE,
+        "attachment": 2097152,
+    },
+    "php/roundcube-pool.conf.j2": {
+        "limits": sizing.php_fpm(4, 8192),
+        "socket": "/run/php/roundcube.sock",
+        "attachment": 2097152,
+    },
+    "nginx/webmail.conf.j2": {
+        "names": ["webmail.example.test"],
+        "tls": tlsprofile,
+        "docroot": "/var/lib/roundcube/public_html",
+        "socket": "/run/php/roundcube.sock",
+        "body_max": 8388608,
+    },
+}
+
 # The context each template gets from its role (kept in step with mailcluster/roles/).
 CONTEXTS: dict[str, dict[str, Any]] = {
     "apt/01mailcluster-proxy.j2": {"proxy": "http://10.77.0.1:3150"},
@@ -72,6 +105,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "ssh/10-mailcluster.conf.j2": {},
     **DOVECOT_CONTEXTS,
     **EXIM_CONTEXTS,
+    **WEBMAIL_CONTEXTS,
 }
 
 
@@ -152,3 +186,23 @@ def test_smarthost_site_forms_become_exims_host_port_syntax() -> None:
     assert smarthost_route("relay.example.org:587") == "relay.example.org::587"
     assert smarthost_route("10.77.0.1::25") == "10.77.0.1::25"
     assert smarthost_route(None) is None
+
+
+def test_roundcube_config_is_php_with_the_banner_inside() -> None:
+    ctx = WEBMAIL_CONTEXTS["roundcube/config.inc.php.j2"]
+    out = templating.render("roundcube/config.inc.php.j2", banner=False, **ctx)
+    assert out.startswith("<?php\n// Managed by mailcluster, from templates/roundcube/")
+    assert "$config['imap_host'] = 'ssl://mail01.example.test:993';" in out
+    legacy = templating.render(
+        "roundcube/config.inc.php.j2", banner=False, **{**ctx, "legacy": True}
+    )
+    assert "$config['default_host'] = 'ssl://mail01.example.test';" in legacy
+    assert "$config['default_port'] = 993;" in legacy
+
+
+def test_php_accepts_exactly_the_attachment_limit() -> None:
+    out = templating.render(
+        "php/roundcube-pool.conf.j2", **WEBMAIL_CONTEXTS["php/roundcube-pool.conf.j2"]
+    )
+    assert "php_admin_value[upload_max_filesize] = 2097152\n" in out
+    assert "pm.max_children = 102\n" in out  # 8192 MB x 0.5 / 40 MiB

@@ -1,0 +1,179 @@
+"""The webmail role (group `webmail`): RoundCube from the distribution, behind nginx and
+php-fpm, HTTPS only, talking to the mail nodes over verified TLS, its sessions in the
+shared PostgreSQL database so any webmail node serves any logged-in user."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from mailcluster import platform, sizing, tlsprofile
+from mailcluster.ops import managed_file
+from mailcluster.roles.db import DB_NAME, DB_USER, db_host
+from mailcluster.roles.tls import install_tls
+from mailcluster.secrets import generated_secret
+from mailcluster.site import Site
+
+PREFERENCES = "/var/cache/mailcluster/roundcube.debconf"
+POOL_SOCKET = "/run/php/roundcube.sock"
+SITE_FILE = "/etc/nginx/sites-available/mailcluster-webmail"
+SQL_DIR = "/usr/share/roundcube/SQL"
+
+
+class RoundcubeSchema(FactBase[dict[str, str]]):
+    """The schema version in RoundCube's database, and the newest the package ships."""
+
+    def command(self, dsn_host: str) -> str:
+        return (
+            f"echo db=$(psql -h {dsn_host} -U {DB_USER} -d {DB_NAME} -tAc "
+            "\"select value from system where name='roundcube-version'\" 2>/dev/null); "
+            f"echo pkg=$(ls {SQL_DIR}/postgres/ 2>/dev/null | sort | tail -1 | cut -d. -f1)"
+        )
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in output if "=" in line)
+
+
+@operation()
+def roundcube_schema(dsn_host: str):
+    """Create RoundCube's schema once; upgrade it when the package ships a newer one."""
+    state = host.get_fact(RoundcubeSchema, dsn_host=dsn_host)
+    have, ships = state.get("db", ""), state.get("pkg", "")
+    psql = f"psql -h {dsn_host} -U {DB_USER} -d {DB_NAME} -v ON_ERROR_STOP=1 -q"
+    if not have:
+        yield StringCommand(f"{psql} -f {SQL_DIR}/postgres.initial.sql")
+    elif ships and ships > have:
+        yield StringCommand(f"{SQL_DIR}/../bin/updatedb.sh --package=roundcube --dir={SQL_DIR}")
+
+
+@deploy("RoundCube webmail")
+def webmail() -> None:
+    site: Site = host.data.site
+    me = site.host(host.name)
+    plat = platform.current()
+    php = plat.php
+    webmail_nodes = [h.name for h in site.in_group("webmail")]
+    mail_nodes = site.in_group("mail")
+    # Each webmail node talks to one mail node (spread by position); any node serves any
+    # user, since the mail nodes proxy IMAP to the user's backend.
+    mail_node = mail_nodes[webmail_nodes.index(me.name) % len(mail_nodes)]
+    dbh = db_host(site)
+    dsn_host = "127.0.0.1" if dbh == me.name else site.fqdn(dbh)
+    db_password = generated_secret(site.secrets_dir, "roundcube-db-password")
+    des_key = generated_secret(site.secrets_dir, "roundcube-des-key", length=24)
+    limits = sizing.php_fpm(host.get_fact(Cpus) or 1, int(host.get_fact(Memory) or 1024))
+    attachment = site.attachment_max_bytes
+
+    # The database is ours to set up: no dbconfig-common questions at install.
+    prefs = managed_file(
+        name="RoundCube's install answers (debconf)",
+        dest=PREFERENCES,
+        template="roundcube/debconf.j2",
+    )
+    server.shell(
+        name="Load RoundCube's install answers",
+        commands=[f"grep -v '^#' {PREFERENCES} | debconf-set-selections"],
+        _if=prefs.did_change,
+    )
+    apt.packages(
+        name="Install nginx, php-fpm and RoundCube",
+        packages=[
+            f"php{php}-fpm",
+            f"php{php}-pgsql",
+            "nginx",
+            "postgresql-client",
+            "roundcube-core",
+            "roundcube-pgsql",
+        ],
+        no_recommends=True,
+    )
+    tls_ops = install_tls()
+
+    pgpass = managed_file(
+        name="Database password for root's psql (schema setup)",
+        dest="/root/.pgpass",
+        template="roundcube/pgpass.j2",
+        context={"host": dsn_host, "db": DB_NAME, "user": DB_USER, "password": db_password},
+        mode="600",
+        banner=False,  # one line per entry; libpq's format has no place for it
+    )
+    if me.name == webmail_nodes[0]:  # one node creates or upgrades the shared schema
+        roundcube_schema(
+            name="RoundCube's schema (created once, upgraded in place)", dsn_host=dsn_host
+        )
+    del pgpass
+
+    config = managed_file(
+        name="RoundCube configuration",
+        dest="/etc/roundcube/config.inc.php",
+        template="roundcube/config.inc.php.j2",
+        context={
+            "dsn": f"pgsql://{DB_USER}:{db_password}@{dsn_host}/{DB_NAME}",
+            "des_key": des_key,
+            "imap": f"ssl://{site.fqdn(mail_node.name)}:993",
+            "smtp": f"tls://{site.fqdn(mail_node.name)}:587",
+            "legacy": plat.roundcube_docroot == "/var/lib/roundcube",
+            "domain": site.domain,
+            "ca_bundle": tlsprofile.SYSTEM_BUNDLE,
+            "attachment": attachment,
+        },
+        validate="php -l {path} >/dev/null",
+        banner=False,
+        mode="640",
+        group="www-data",
+    )
+    pool = managed_file(
+        name="php-fpm pool for RoundCube",
+        dest=f"/etc/php/{php}/fpm/pool.d/roundcube.conf",
+        template="php/roundcube-pool.conf.j2",
+        context={"limits": limits, "socket": POOL_SOCKET, "attachment": attachment},
+        comment=";",
+        validate=(
+            "printf '[global]\\nerror_log=/tmp/mailcluster-fpm-test.log\\ninclude=%s\\n' "
+            f"{{path}} > /tmp/mailcluster-fpm-test.conf && php-fpm{php} -t "
+            "-y /tmp/mailcluster-fpm-test.conf"
+        ),
+    )
+    files.link(name="No nginx default site", path="/etc/nginx/sites-enabled/default", present=False)
+    site_conf = managed_file(
+        name="nginx site: RoundCube over HTTPS",
+        dest=SITE_FILE,
+        template="nginx/webmail.conf.j2",
+        context={
+            "names": [site.service_names["webmail"], site.fqdn(me.name), str(me.address)],
+            "tls": tlsprofile,
+            "docroot": plat.roundcube_docroot,
+            "socket": POOL_SOCKET,
+            # nginx lets more through than PHP accepts, so that RoundCube, not nginx,
+            # answers an oversized upload (with its own readable message, not a bare 413).
+            "body_max": attachment * 4,
+        },
+        # The candidate alone in a minimal main config, next to nginx.conf (relative
+        # includes such as snippets/ resolve from there).
+        validate=(
+            "printf 'events {{}}\\nhttp {{ include mime.types; include %s; }}\\n' {path} "
+            "> /etc/nginx/mailcluster-test.conf && "
+            "nginx -t -q -c /etc/nginx/mailcluster-test.conf; "
+            "rc=$?; rm -f /etc/nginx/mailcluster-test.conf; exit $rc"
+        ),
+    )
+    enabled = files.link(
+        name="Enable the webmail site",
+        path="/etc/nginx/sites-enabled/mailcluster-webmail",
+        target=SITE_FILE,
+    )
+
+    systemd.service(name="Run php-fpm", service=f"php{php}-fpm", running=True, enabled=True)
+    systemd.service(
+        name="Reload php-fpm", service=f"php{php}-fpm", reloaded=True, _if=any_changed(pool, config)
+    )
+    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
+    systemd.service(
+        name="Reload nginx",
+        service="nginx",
+        reloaded=True,
+        _if=any_changed(site_conf, enabled, *tls_ops),
+    )

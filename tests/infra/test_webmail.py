@@ -1,0 +1,81 @@
+"""The webmail node's effective state: services, RoundCube's configuration, secrets."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+
+def rc_config(host, key: str) -> str:  # noqa: ANN001
+    """A value of RoundCube's effective configuration (its own loader, as PHP sees it)."""
+    php = (
+        "<?php define('INSTALL_PATH', '/var/lib/roundcube/'); "
+        "require '/usr/share/roundcube/program/include/iniset.php'; "
+        f"$c = rcube::get_instance()->config->get('{key}'); "
+        "echo is_array($c) ? json_encode($c) : var_export($c, true);"
+    )
+    encoded = base64.b64encode(php.encode()).decode()
+    return host.run(f"echo {encoded} | base64 -d | php 2>/dev/null").stdout.strip()
+
+
+@pytest.mark.parametrize("service", ["nginx", "php8.2-fpm", "postgresql"])
+def test_webmail_services_run_and_start_at_boot(webmail_host, service: str) -> None:
+    svc = webmail_host.service(service)
+    assert svc.is_running and svc.is_enabled
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("imap_host", "'ssl://mail01.mailcluster.test:993'"),
+        ("smtp_host", "'tls://mail01.mailcluster.test:587'"),
+        ("smtp_user", "'%u'"),
+        ("session_storage", "'db'"),
+        ("mail_domain", "'mailcluster.test'"),
+        ("enable_installer", "false"),
+    ],
+)
+def test_roundcube_effective_setting(webmail_host, key: str, value: str) -> None:
+    assert rc_config(webmail_host, key) == value
+
+
+def test_roundcube_verifies_the_mail_nodes_certificates(webmail_host) -> None:
+    opts = rc_config(webmail_host, "imap_conn_options")
+    assert '"verify_peer":true' in opts and "ca-certificates.crt" in opts
+
+
+def test_php_accepts_uploads_up_to_the_attachment_limit(webmail_host) -> None:
+    pool = webmail_host.file("/etc/php/8.2/fpm/pool.d/roundcube.conf").content_string
+    assert "php_admin_value[upload_max_filesize] = 2097152" in pool
+
+
+def test_secrets_are_not_world_readable(webmail_host) -> None:
+    conf = webmail_host.file("/etc/roundcube/config.inc.php")
+    assert (conf.user, conf.group, conf.mode) == ("root", "www-data", 0o640)
+    assert webmail_host.file("/root/.pgpass").mode == 0o600
+    key = webmail_host.file("/etc/mailcluster/tls/privkey.pem")
+    assert (key.user, key.mode) == ("root", 0o640)
+    des_key = rc_config(webmail_host, "des_key").strip("'")
+    assert len(des_key) == 24
+
+
+@pytest.mark.parametrize("port", [80, 443])
+def test_nginx_listens(webmail_host, port: int) -> None:
+    assert webmail_host.socket(f"tcp://0.0.0.0:{port}").is_listening
+
+
+def test_roundcubes_schema_is_in_the_shared_database(webmail_host) -> None:
+    out = webmail_host.run(
+        "psql -h 127.0.0.1 -U roundcube -d roundcube -tAc "
+        "\"select value from system where name='roundcube-version'\""
+    )
+    assert out.rc == 0 and out.stdout.strip().isdigit(), out.stderr
+
+
+def test_postgresql_accepts_only_roundcube_with_a_password(webmail_host) -> None:
+    hba = webmail_host.file("/etc/postgresql/15/main/pg_hba.conf").content_string
+    rules = [ln.split() for ln in hba.splitlines() if ln and not ln.startswith("#")]
+    hosts = [r for r in rules if r[0] == "host"]
+    assert hosts and all(r[1:3] == ["roundcube", "roundcube"] for r in hosts)
+    assert all(r[-1] == "scram-sha-256" for r in hosts)
