@@ -91,3 +91,17 @@ def test_a_broken_exim_template_stops_the_run_and_exim_keeps_answering(lab, lab_
     assert lab_ssh(name, "sha256sum /etc/exim4/exim4.conf").stdout == before
     with smtplib.SMTP(address, 25, timeout=10) as smtp:
         assert smtp.ehlo()[0] == 250
+
+
+def test_a_redeploy_keeps_webmail_users_logged_in(lab) -> None:
+    from tests.e2e.webmail_http import WebmailSession
+
+    account = lab["accounts"][0]
+    web = WebmailSession(lab)
+    web.login(account["user"], account["password"])
+    assert web.logged_in_as() == account["user"]
+    proc = pyinfra("inventory/lab.py", "deploy.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The same browser session (cookies) is still a logged-in session: the des_key and
+    # the session table survived the deploy.
+    assert web.logged_in_as() == account["user"]

@@ -1,0 +1,49 @@
+"""RoundCube over plain HTTPS requests (no browser): enough to log in and check a session."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import re
+import ssl
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+class WebmailSession:
+    def __init__(self, lab: dict[str, Any], base: str | None = None) -> None:
+        self.base = (base or lab["endpoints"]["webmail"]).rstrip("/") + "/"
+        ctx = ssl.create_default_context(cafile=lab["ca_cert"])
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=ctx),
+            urllib.request.HTTPCookieProcessor(self.jar),
+        )
+
+    def get(self, query: str = "") -> str:
+        with self.opener.open(self.base + query, timeout=30) as resp:
+            return resp.read().decode(errors="replace")
+
+    def login(self, user: str, password: str) -> str:
+        page = self.get()
+        token = re.search(r'name="_token" value="([^"]+)"', page)
+        assert token, "no login form"
+        form = urllib.parse.urlencode(
+            {
+                "_token": token.group(1),
+                "_task": "login",
+                "_action": "login",
+                "_timezone": "Asia/Tokyo",
+                "_url": "",
+                "_user": user,
+                "_pass": password,
+            }
+        ).encode()
+        with self.opener.open(self.base + "?_task=login", data=form, timeout=30) as resp:
+            return resp.read().decode(errors="replace")
+
+    def logged_in_as(self) -> str | None:
+        """The user a mail page is rendered for, or None (the login form)."""
+        page = self.get("?_task=mail&_mbox=INBOX")
+        found = re.search(r'<span class="header-title username">([^<@]+)', page)
+        return found.group(1) if found and "rcmloginuser" not in page else None
