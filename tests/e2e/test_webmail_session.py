@@ -1,0 +1,34 @@
+"""Webmail sessions live in the shared database, so any webmail node serves them."""
+
+from __future__ import annotations
+
+from tests.e2e.webmail_http import WebmailSession
+
+
+def test_a_webmail_session_is_stored_in_the_shared_database(lab, lab_ssh) -> None:
+    account = lab["accounts"][1]
+    web = WebmailSession(lab)
+    web.login(account["user"], account["password"])
+    assert web.logged_in_as() == account["user"]
+    sess_id = next(c.value for c in web.jar if c.name == "roundcube_sessid")
+    db_host = next(h["name"] for h in lab["hosts"] if "db" in h["groups"])
+    rows = lab_ssh(
+        db_host,
+        "sudo -u postgres psql -d roundcube -tAc "
+        f"\"select count(*) from session where sess_id = '{sess_id}'\"",
+    ).stdout.strip()
+    assert rows == "1"
+
+
+def test_every_webmail_node_shares_the_database_and_the_session_key(lab, lab_ssh) -> None:
+    import re
+
+    nodes = [h["name"] for h in lab["hosts"] if "webmail" in h["groups"]]
+    seen = {}
+    for n in nodes:
+        conf = lab_ssh(n, "cat /etc/roundcube/config.inc.php").stdout
+        dsn = re.search(r"\$config\['db_dsnw'\] = '[^:]+://([^@]+)@[^/]+/(\w+)'", conf)
+        key = re.search(r"\$config\['des_key'\] = '([^']+)'", conf)
+        assert dsn and key, conf[:300]
+        seen[n] = (dsn.groups(), key.group(1))  # credentials and database, not the host
+    assert len(set(seen.values())) == 1, seen
