@@ -21,6 +21,9 @@ PREFERENCES = "/var/cache/mailcluster/roundcube.debconf"
 POOL_SOCKET = "/run/php/roundcube.sock"
 SITE_FILE = "/etc/nginx/sites-available/mailcluster-webmail"
 SQL_DIR = "/usr/share/roundcube/SQL"
+# nginx and PHP accept requests up to 4 attachments' worth, so that an oversized file is
+# refused by RoundCube (naming the attachment limit), never by nginx (a bare 413).
+BODY_FACTOR = 4
 
 
 class RoundcubeSchema(FactBase[dict[str, str]]):
@@ -129,7 +132,12 @@ def webmail() -> None:
         name="php-fpm pool for RoundCube",
         dest=f"/etc/php/{php}/fpm/pool.d/roundcube.conf",
         template="php/roundcube-pool.conf.j2",
-        context={"limits": limits, "socket": POOL_SOCKET, "attachment": attachment},
+        context={
+            "limits": limits,
+            "socket": POOL_SOCKET,
+            "attachment": attachment,
+            "post_max": attachment * BODY_FACTOR,
+        },
         comment=";",
         validate=(
             "printf '[global]\\nerror_log=/tmp/mailcluster-fpm-test.log\\ninclude=%s\\n' "
@@ -149,7 +157,7 @@ def webmail() -> None:
             "socket": POOL_SOCKET,
             # nginx lets more through than PHP accepts, so that RoundCube, not nginx,
             # answers an oversized upload (with its own readable message, not a bare 413).
-            "body_max": attachment * 4,
+            "body_max": attachment * BODY_FACTOR,
         },
         # The candidate alone in a minimal main config, next to nginx.conf (relative
         # includes such as snippets/ resolve from there).

@@ -82,6 +82,7 @@ WEBMAIL_CONTEXTS: dict[str, dict[str, Any]] = {
         "limits": sizing.php_fpm(4, 8192),
         "socket": "/run/php/roundcube.sock",
         "attachment": 2097152,
+        "post_max": 8388608,
     },
     "nginx/webmail.conf.j2": {
         "names": ["webmail.example.test"],
