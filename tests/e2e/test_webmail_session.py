@@ -32,3 +32,24 @@ def test_every_webmail_node_shares_the_database_and_the_session_key(lab, lab_ssh
         assert dsn and key, conf[:300]
         seen[n] = (dsn.groups(), key.group(1))  # credentials and database, not the host
     assert len(set(seen.values())) == 1, seen
+
+
+def test_webmail_tls_is_1_2_or_newer_and_verifies_against_the_site_ca(lab) -> None:
+    import subprocess
+
+    host = lab["endpoints"]["webmail"].split("/")[2]
+
+    def s_client(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["openssl", "s_client", "-connect", f"{host}:443", *args],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    for old in ("-tls1", "-tls1_1"):
+        assert "Cipher is (NONE)" in s_client(old, "-cipher", "DEFAULT@SECLEVEL=0").stdout
+    for new in ("-tls1_2", "-tls1_3"):
+        ok = s_client(new, "-CAfile", lab["ca_cert"], "-verify_return_error")
+        assert ok.returncode == 0 and "Verify return code: 0 (ok)" in ok.stdout
