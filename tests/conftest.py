@@ -19,6 +19,21 @@ def lab_state_hosts() -> list[dict[str, Any]]:
     return json.loads(state.read_text())["hosts"] if state.exists() else []
 
 
+def node_address(lab: dict[str, Any], name: str) -> str:
+    return next(h["address"] for h in lab["hosts"] if h["name"] == name)
+
+
+def password_of(lab: dict[str, Any], user: str) -> str:
+    return next(a["password"] for a in lab["accounts"] if a["user"] == user)
+
+
+def backend_of(lab: dict[str, Any], user: str) -> str:
+    """The mail node holding ``user``'s mailbox, as the deploy computes it."""
+    from mailcluster.accounts import backend_for
+
+    return backend_for(user, [h["name"] for h in lab["hosts"] if "mail" in h["groups"]])
+
+
 @pytest.fixture(scope="session")
 def lab() -> dict[str, Any]:
     proc = subprocess.run(
@@ -51,6 +66,17 @@ def lab_ssh(lab: dict[str, Any]):
         return proc
 
     return run
+
+
+def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m mailcluster.lab ...` from the repo root."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailcluster.lab", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
 
 
 def pyinfra(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,24 +16,29 @@ CA_DAYS = 3650
 LEAF_DAYS = 825
 
 
+def _ec_key(path: Path) -> None:
+    """A fresh P-256 private key, readable by root only."""
+    run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            path,
+        ]
+    )
+    path.chmod(0o600)
+
+
 def ensure_ca() -> tuple[Path, Path]:
     tls = config.SECRETS / "tls"
     tls.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_key, ca_cert = tls / "ca.key", tls / "ca.pem"
     if not ca_cert.exists() or not ca_key.exists():
-        run(
-            [
-                "openssl",
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                ca_key,
-            ]
-        )
-        ca_key.chmod(0o600)
+        _ec_key(ca_key)
         run(
             [
                 "openssl",
@@ -66,19 +71,7 @@ def ensure_leaf(names: list[str], addresses: list[str]) -> tuple[Path, Path]:
     sans = ",".join([f"DNS:{n}" for n in names] + [f"IP:{a}" for a in addresses])
     if cert.exists() and key.exists() and sans_file.exists() and sans_file.read_text() == sans:
         return key, cert
-    run(
-        [
-            "openssl",
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            key,
-        ]
-    )
-    key.chmod(0o600)
+    _ec_key(key)
     csr = tls / "leaf.csr"
     run(["openssl", "req", "-new", "-key", key, "-subj", f"/CN={names[0]}", "-out", csr])
     ext = tls / "leaf.ext"

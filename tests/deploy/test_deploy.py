@@ -26,10 +26,12 @@ def test_a_second_deploy_with_nothing_changed_reports_no_changes() -> None:
     assert changed_operations(out) == 0, re.findall(r".*\|.*\s\d+\s.*", out)
 
 
-def test_a_template_failing_validation_leaves_the_live_file_and_service(lab, lab_ssh) -> None:
-    name = lab["hosts"][0]["name"]
-    before = lab_ssh(name, f"sha256sum {SSHD_DROPIN}").stdout
-    broken = REPO / "tests" / "fixtures" / "broken_templates" / "sshd"
+def deploy_with_broken_template(lab_ssh, name: str, fixture: str, live: str) -> str:  # noqa: ANN001
+    """Deploy ``name`` with one template replaced by a broken one (a folder under
+    tests/fixtures/broken_templates); check the run stopped with the live file untouched
+    and no candidate left behind. Returns the run's output."""
+    before = lab_ssh(name, f"sha256sum {live}").stdout
+    broken = REPO / "tests" / "fixtures" / "broken_templates" / fixture
     proc = pyinfra(
         "inventory/lab.py",
         "deploy.py",
@@ -39,9 +41,20 @@ def test_a_template_failing_validation_leaves_the_live_file_and_service(lab, lab
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert f"validation failed, {SSHD_DROPIN} left unchanged" in out
-    assert lab_ssh(name, f"sha256sum {SSHD_DROPIN}").stdout == before
-    assert lab_ssh(name, f"ls {SSHD_DROPIN}.mailcluster-new", check=False).returncode != 0
+    assert f"validation failed, {live} left unchanged" in out
+    assert lab_ssh(name, f"sha256sum {live}").stdout == before
+    assert lab_ssh(name, f"ls {live}.mailcluster-new", check=False).returncode != 0
+    return out
+
+
+def first_mail_node(lab) -> tuple[str, str]:  # noqa: ANN001
+    node = next(h for h in lab["hosts"] if "mail" in h["groups"])
+    return node["name"], node["address"]
+
+
+def test_a_template_failing_validation_leaves_the_live_file_and_service(lab, lab_ssh) -> None:
+    name = lab["hosts"][0]["name"]
+    deploy_with_broken_template(lab_ssh, name, "sshd", SSHD_DROPIN)
     assert lab_ssh(name, "systemctl is-active ssh").stdout.strip() == "active"
     assert "passwordauthentication no" in lab_ssh(name, "sshd -T").stdout
 
@@ -49,22 +62,8 @@ def test_a_template_failing_validation_leaves_the_live_file_and_service(lab, lab
 def test_a_broken_dovecot_template_stops_the_run_and_dovecot_keeps_answering(lab, lab_ssh) -> None:
     import imaplib
 
-    name = next(h for h in lab["hosts"] if "mail" in h["groups"])["name"]
-    address = next(h for h in lab["hosts"] if h["name"] == name)["address"]
-    before = lab_ssh(name, "sha256sum /etc/dovecot/dovecot.conf").stdout
-    broken = REPO / "tests" / "fixtures" / "broken_templates" / "dovecot-conf"
-    proc = pyinfra(
-        "inventory/lab.py",
-        "deploy.py",
-        "--limit",
-        name,
-        env={"MAILCLUSTER_TEMPLATE_PATH": str(broken)},
-    )
-    assert proc.returncode != 0
-    assert (
-        "validation failed, /etc/dovecot/dovecot.conf left unchanged" in proc.stdout + proc.stderr
-    )
-    assert lab_ssh(name, "sha256sum /etc/dovecot/dovecot.conf").stdout == before
+    name, address = first_mail_node(lab)
+    deploy_with_broken_template(lab_ssh, name, "dovecot-conf", "/etc/dovecot/dovecot.conf")
     client = imaplib.IMAP4(address, 143, timeout=10)
     assert "AUTH=CRAM-MD5" in client.capabilities
     client.shutdown()
@@ -73,22 +72,9 @@ def test_a_broken_dovecot_template_stops_the_run_and_dovecot_keeps_answering(lab
 def test_a_broken_exim_template_stops_the_run_and_exim_keeps_answering(lab, lab_ssh) -> None:
     import smtplib
 
-    name = next(h for h in lab["hosts"] if "mail" in h["groups"])["name"]
-    address = next(h for h in lab["hosts"] if h["name"] == name)["address"]
-    before = lab_ssh(name, "sha256sum /etc/exim4/exim4.conf").stdout
-    broken = REPO / "tests" / "fixtures" / "broken_templates" / "exim-conf"
-    proc = pyinfra(
-        "inventory/lab.py",
-        "deploy.py",
-        "--limit",
-        name,
-        env={"MAILCLUSTER_TEMPLATE_PATH": str(broken)},
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "validation failed, /etc/exim4/exim4.conf left unchanged" in out
+    name, address = first_mail_node(lab)
+    out = deploy_with_broken_template(lab_ssh, name, "exim-conf", "/etc/exim4/exim4.conf")
     assert "smtp_accept_maximum" in out  # the error names the bad option
-    assert lab_ssh(name, "sha256sum /etc/exim4/exim4.conf").stdout == before
     with smtplib.SMTP(address, 25, timeout=10) as smtp:
         assert smtp.ehlo()[0] == 250
 

@@ -16,6 +16,8 @@ import ssl
 import subprocess
 from typing import Any
 
+from tests.conftest import node_address, password_of  # noqa: F401 - re-exported
+
 TIMEOUT = 30
 # The name the lab host gives in EHLO (smtplib's default is its own guess).
 CLIENT_NAME = "lab-client.example.org"
@@ -158,17 +160,9 @@ def s_client(address: str, port: int, *args: str) -> subprocess.CompletedProcess
 # -- the lab --------------------------------------------------------------------------------
 
 
-def node_address(lab: dict[str, Any], name: str) -> str:
-    return next(h["address"] for h in lab["hosts"] if h["name"] == name)
-
-
 def node_fqdn(lab: dict[str, Any], name: str) -> str:
     """The node's Exim primary_hostname (its EHLO name)."""
     return f"{name}.{lab['domain']}"
-
-
-def password_of(lab: dict[str, Any], user: str) -> str:
-    return next(a["password"] for a in lab["accounts"] if a["user"] == user)
 
 
 def bad_client(lab: dict[str, Any]) -> str:

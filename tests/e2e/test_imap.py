@@ -14,24 +14,12 @@ from typing import Any
 
 import pytest
 
-from mailcluster.accounts import backend_for
-from tests.conftest import REPO, lab_state_hosts
+from tests.conftest import REPO, lab_state_hosts, node_address, password_of
+from tests.conftest import backend_of as backend
 from tests.e2e.imap_client import authenticate, connect, login, open_session
 
 MAIL_NODES = [h["name"] for h in lab_state_hosts() if "mail" in h["groups"]] or ["(no lab)"]
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
-
-
-def node_address(lab: dict[str, Any], name: str) -> str:
-    return next(h["address"] for h in lab["hosts"] if h["name"] == name)
-
-
-def password_of(lab: dict[str, Any], user: str) -> str:
-    return next(a["password"] for a in lab["accounts"] if a["user"] == user)
-
-
-def backend(lab: dict[str, Any], user: str) -> str:
-    return backend_for(user, [h["name"] for h in lab["hosts"] if "mail" in h["groups"]])
 
 
 def refused(fn, *args) -> str:  # noqa: ANN001

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import smtplib
 import subprocess
-import sys
 import time
 import uuid
 from email.message import EmailMessage
@@ -14,20 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, lab_cli
 from tests.lab.nft_eval import verdict
 
 BRIDGE = "mclab0"
-
-
-def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mailcluster.lab", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-    )
 
 
 def mail_hosts(lab) -> list[str]:  # noqa: ANN001

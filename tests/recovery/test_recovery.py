@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 from mailcluster.lab import config, core
 from mailcluster.lab.system import kill_all, processes_under
-from tests.conftest import REPO, pyinfra
-
-
-def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mailcluster.lab", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=900,
-    )
+from tests.conftest import lab_cli, pyinfra
 
 
 def test_up_recovers_after_every_lab_process_was_killed_with_sigkill() -> None:
