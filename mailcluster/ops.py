@@ -1,4 +1,5 @@
-"""Operations shared by the roles: a managed file validated before it goes live."""
+"""Operations shared by the roles: a managed file validated before it goes live, and
+service reloads that a failed run cannot lose."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def managed_file(
     group: str = "root",
     comment: str = "#",
     banner: bool = True,
+    notify: list[str] | None = None,
 ):
     """Render ``template`` to ``dest``; the live file changes only if the candidate validates.
 
@@ -33,6 +35,8 @@ def managed_file(
       (``doveconf -n -c {path}``, ``exim -bV -C {path}``); on failure the candidate is
       removed, the live file and the running service are untouched, and the run stops.
     + banner: False only for files whose format has no comments (/etc/timezone).
+    + notify: "service.action" markers (see ``service_action``) written in the same step
+      as the new file goes live, so a run that stops before the reload leaves it pending.
     """
     content = render(template, comment=comment, banner=banner, **(context or {}))
     digest = hashlib.sha1(content.encode()).hexdigest()
@@ -72,4 +76,40 @@ def managed_file(
             f"if ! out=$({check} 2>&1); then rm -f {q_cand}; "
             f'echo "validation failed, {dest} left unchanged: $out" >&2; exit 1; fi'
         )
-    yield StringCommand(f"mv -f {q_cand} {q_dest}")
+    marks = "".join(f" && touch {PENDING}/{shlex.quote(m)}" for m in notify or [])
+    if marks:
+        yield StringCommand(f"mkdir -p {PENDING}")
+    yield StringCommand(f"mv -f {q_cand} {q_dest}{marks}")
+
+
+# Services whose configuration changed but that were not yet reloaded: a marker per
+# "service.action". A run that fails after a change and before the reload leaves it, and
+# the next run does the reload even though nothing changes any more.
+PENDING = "/var/lib/mailcluster/pending"
+
+
+@operation()
+def _pending_action(service: str, action: str, command: str):
+    marker = f"{PENDING}/{service}.{action}"
+    if host.get_fact(File, path=marker):
+        yield StringCommand(f"{command} && rm -f {marker}")
+
+
+def service_action(
+    name: str, service: str, action: str, changed: list[Any], command: str | None = None
+) -> None:
+    """``systemctl <action> <service>`` if one of ``changed`` changed in this run, or an
+    earlier run left the action pending (its managed files were given
+    ``notify=[f"{service}.{action}"]``)."""
+    from pyinfra.operations import server
+    from pyinfra.operations.util import any_changed
+
+    command = command or f"systemctl {action} {service}"
+    marker = f"{PENDING}/{service}.{action}"
+    server.shell(name=name, commands=[f"{command} && rm -f {marker}"], _if=any_changed(*changed))
+    _pending_action(
+        name=f"{name} (pending from an earlier run)",
+        service=service,
+        action=action,
+        command=command,
+    )

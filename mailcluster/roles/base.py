@@ -5,10 +5,9 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from mailcluster import platform
-from mailcluster.ops import managed_file
+from mailcluster.ops import managed_file, service_action
 from mailcluster.site import Site
 
 # What every host needs before any service role: time sync, zone data, security updates.
@@ -80,6 +79,7 @@ def base() -> None:
     chrony_conf = managed_file(
         name="Configure chrony",
         dest="/etc/chrony/chrony.conf",
+        notify=["chrony.restart"],
         template="chrony/chrony.conf.j2",
         context={"servers": site.ntp_servers},
         validate="chronyd -p -f {path} >/dev/null",
@@ -87,22 +87,24 @@ def base() -> None:
     chrony_defaults = managed_file(
         name="Set chronyd's options",
         dest="/etc/default/chrony",
+        notify=["chrony.restart"],
         template="chrony/default.j2",
         context={"in_container": plat.in_container},
     )
     chrony_unit = managed_file(
         name="chrony's unit for this platform",
         dest="/etc/systemd/system/chrony.service.d/mailcluster.conf",
+        notify=["chrony.restart"],
         template="chrony/unit-override.conf.j2",
         context={"in_container": plat.in_container},
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=chrony_unit.did_change)
     # chronyd has no config reload; a restart keeps its drift estimate (driftfile).
-    systemd.service(
-        name="Restart chrony",
-        service="chrony",
-        restarted=True,
-        _if=any_changed(chrony_conf, chrony_defaults, chrony_unit),
+    service_action(
+        "Restart chrony",
+        "chrony",
+        "restart",
+        [chrony_conf, chrony_defaults, chrony_unit],
+        command="systemctl daemon-reload && systemctl restart chrony",
     )
     systemd.service(name="Run chrony", service="chrony", running=True, enabled=True)
 
@@ -112,8 +114,9 @@ def base() -> None:
         dest="/etc/ssh/sshd_config.d/10-mailcluster.conf",
         template="ssh/10-mailcluster.conf.j2",
         validate="sshd -t -f {path}",
+        notify=["ssh.reload"],
     )
-    systemd.service(name="Reload sshd", service="ssh", reloaded=True, _if=sshd.did_change)
+    service_action("Reload sshd", "ssh", "reload", [sshd])
 
     # -- security updates ---------------------------------------------------------------
     managed_file(

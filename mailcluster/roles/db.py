@@ -9,7 +9,7 @@ from pyinfra.facts.postgres import PostgresRoles
 from pyinfra.operations import apt, postgres, systemd
 
 from mailcluster import platform
-from mailcluster.ops import managed_file
+from mailcluster.ops import managed_file, service_action
 from mailcluster.secrets import generated_secret
 from mailcluster.site import Site
 
@@ -40,6 +40,7 @@ def db() -> None:
         mode="644",
         user="postgres",
         group="postgres",
+        notify=["postgresql.restart"],
     )
     hba = managed_file(
         name="Who may connect (pg_hba.conf)",
@@ -49,17 +50,11 @@ def db() -> None:
         mode="640",
         user="postgres",
         group="postgres",
+        notify=["postgresql.reload"],
     )
     # listen_addresses needs a restart; pg_hba.conf only a reload.
-    systemd.service(
-        name="Restart PostgreSQL (listeners)",
-        service="postgresql",
-        restarted=True,
-        _if=conf.did_change,
-    )
-    systemd.service(
-        name="Reload PostgreSQL (pg_hba)", service="postgresql", reloaded=True, _if=hba.did_change
-    )
+    service_action("Restart PostgreSQL (listeners)", "postgresql", "restart", [conf])
+    service_action("Reload PostgreSQL (pg_hba)", "postgresql", "reload", [hba])
     systemd.service(name="Run PostgreSQL", service="postgresql", running=True, enabled=True)
     # The password is set when the role is made; it never changes (generated once), and
     # pyinfra would otherwise re-send it, reporting a change on every run.

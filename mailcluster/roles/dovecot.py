@@ -11,10 +11,9 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, systemd
-from pyinfra.operations.util import any_changed
 
 from mailcluster import accounts, sizing, tlsprofile
-from mailcluster.ops import managed_file
+from mailcluster.ops import managed_file, service_action
 from mailcluster.roles.tls import install_tls
 from mailcluster.site import Site
 
@@ -109,12 +108,14 @@ def dovecot() -> None:
         },
         mode="640",
         group="dovecot",
+        notify=["dovecot.reload"],
     )
     unit = managed_file(
         name="Dovecot's file descriptor limit",
         dest="/etc/systemd/system/dovecot.service.d/mailcluster.conf",
         template="dovecot/service-override.conf.j2",
         context={"limits": limits},
+        notify=["dovecot.restart"],
     )
     conf = managed_file(
         name="dovecot.conf",
@@ -129,16 +130,15 @@ def dovecot() -> None:
             "masterdb": MASTERDB,
         },
         validate="doveconf -n -c {path} >/dev/null",
+        notify=["dovecot.reload"],
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     # A restart only when a reload cannot do: a new rlimit needs a new master process.
-    systemd.service(
-        name="Restart Dovecot (new limits)", service="dovecot", restarted=True, _if=unit.did_change
+    service_action(
+        "Restart Dovecot (new limits)",
+        "dovecot",
+        "restart",
+        [unit],
+        command="systemctl daemon-reload && systemctl restart dovecot",
     )
     systemd.service(name="Run Dovecot", service="dovecot", running=True, enabled=True)
-    systemd.service(
-        name="Reload Dovecot",
-        service="dovecot",
-        reloaded=True,
-        _if=any_changed(conf, masterdb, *tls_ops),
-    )
+    service_action("Reload Dovecot", "dovecot", "reload", [conf, masterdb, *tls_ops])

@@ -7,10 +7,9 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, systemd
-from pyinfra.operations.util import any_changed
 
 from mailcluster import accounts, sizing, tlsprofile
-from mailcluster.ops import managed_file
+from mailcluster.ops import managed_file, service_action
 from mailcluster.roles.tls import install_tls
 from mailcluster.site import Site
 
@@ -72,6 +71,7 @@ def exim() -> None:
             "exim4 -bV -C {path} >/dev/null 2>&1 || "
             "{{ exim4 -bV -C {path} 2>&1 | grep -A3 -i error; exit 1; }}"
         ),
+        notify=["exim4.reload"],
     )
     # Started at boot by its init script (the package enables it); systemd reports the
     # generated unit as never "enabled", so asking for that would change on every run.
@@ -80,20 +80,14 @@ def exim() -> None:
         dest="/etc/default/exim4",
         template="exim4/default.j2",
         context={"queue_interval": QUEUE_INTERVAL},
+        notify=["exim4.restart"],
     )
     systemd.service(name="Run Exim", service="exim4", running=True)
     # The queue interval is a daemon argument: a reload (re-exec) keeps the old one.
-    systemd.service(
-        name="Restart Exim (new daemon options)",
-        service="exim4",
-        restarted=True,
-        _if=defaults.did_change,
-    )
+    service_action("Restart Exim (new daemon options)", "exim4", "restart", [defaults])
     # SIGHUP: the daemon re-executes itself with the new configuration; queued mail and
     # connections in progress are untouched.
-    systemd.service(
-        name="Reload Exim", service="exim4", reloaded=True, _if=any_changed(conf, *tls_ops)
-    )
+    service_action("Reload Exim", "exim4", "reload", [conf, *tls_ops])
 
 
 @deploy("Exim backends map")

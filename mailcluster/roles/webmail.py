@@ -8,10 +8,9 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from mailcluster import platform, sizing, tlsprofile
-from mailcluster.ops import managed_file
+from mailcluster.ops import managed_file, service_action
 from mailcluster.roles.db import DB_NAME, DB_USER, db_host
 from mailcluster.roles.tls import install_tls
 from mailcluster.secrets import generated_secret
@@ -127,6 +126,7 @@ def webmail() -> None:
         banner=False,
         mode="640",
         group="www-data",
+        notify=[f"php{php}-fpm.reload"],
     )
     pool = managed_file(
         name="php-fpm pool for RoundCube",
@@ -144,6 +144,7 @@ def webmail() -> None:
             f"{{path}} > /tmp/mailcluster-fpm-test.conf && php-fpm{php} -t "
             "-y /tmp/mailcluster-fpm-test.conf"
         ),
+        notify=[f"php{php}-fpm.reload"],
     )
     files.link(name="No nginx default site", path="/etc/nginx/sites-enabled/default", present=False)
     site_conf = managed_file(
@@ -167,6 +168,7 @@ def webmail() -> None:
             "nginx -t -q -c /etc/nginx/mailcluster-test.conf; "
             "rc=$?; rm -f /etc/nginx/mailcluster-test.conf; exit $rc"
         ),
+        notify=["nginx.reload"],
     )
     enabled = files.link(
         name="Enable the webmail site",
@@ -175,13 +177,6 @@ def webmail() -> None:
     )
 
     systemd.service(name="Run php-fpm", service=f"php{php}-fpm", running=True, enabled=True)
-    systemd.service(
-        name="Reload php-fpm", service=f"php{php}-fpm", reloaded=True, _if=any_changed(pool, config)
-    )
+    service_action("Reload php-fpm", f"php{php}-fpm", "reload", [pool, config])
     systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
-    systemd.service(
-        name="Reload nginx",
-        service="nginx",
-        reloaded=True,
-        _if=any_changed(site_conf, enabled, *tls_ops),
-    )
+    service_action("Reload nginx", "nginx", "reload", [site_conf, enabled, *tls_ops])

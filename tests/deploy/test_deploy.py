@@ -91,3 +91,21 @@ def test_a_redeploy_keeps_webmail_users_logged_in(lab) -> None:
     # The same browser session (cookies) is still a logged-in session: the des_key and
     # the session table survived the deploy.
     assert web.logged_in_as() == account["user"]
+
+
+def test_a_reload_left_pending_by_a_stopped_run_happens_on_the_next_run(lab, lab_ssh) -> None:
+    # A run that replaced dovecot.conf and then stopped (an error on another host or file,
+    # a lost connection) leaves the reload's marker; the next run must reload, although
+    # nothing changes any more.
+    name, _ = first_mail_node(lab)
+    marker = "/var/lib/mailcluster/pending/dovecot.reload"
+    pid = lab_ssh(name, "systemctl show -p MainPID --value dovecot").stdout
+    lab_ssh(name, f"mkdir -p /var/lib/mailcluster/pending && touch {marker}")
+    proc = pyinfra("inventory/lab.py", "deploy.py", "--limit", name)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert changed_operations(proc.stdout + proc.stderr) == 1
+    assert "Reload Dovecot (pending from an earlier run)" in proc.stdout + proc.stderr
+    assert lab_ssh(name, f"test -e {marker}", check=False).returncode != 0
+    assert lab_ssh(name, "systemctl show -p MainPID --value dovecot").stdout == pid  # reloaded
+    log = lab_ssh(name, "journalctl -u dovecot --since '-2min' --no-pager").stdout
+    assert "SIGHUP received - reloading configuration" in log
