@@ -9,10 +9,21 @@ from pyinfra.operations import files, server
 from mailcluster import tlsprofile
 from mailcluster.site import Site
 
+# Per host, the operations of the first call: Exim and Dovecot both need the material on
+# a mail node; installing it twice in one run is work done twice.
+_installed: dict[str, list[OperationMeta]] = {}
+
 
 def install_tls() -> list[OperationMeta]:
     """Called inside a service's deploy. Returns the operations, so the service can
     reload when its certificate changed."""
+    if host.name in _installed:
+        return _installed[host.name]
+    _installed[host.name] = _install()
+    return _installed[host.name]
+
+
+def _install() -> list[OperationMeta]:
     site: Site = host.data.site
     files.directory(name="TLS folder", path=tlsprofile.TLS_DIR, mode="755")
     certs = files.put(
