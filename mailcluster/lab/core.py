@@ -99,6 +99,21 @@ def _write_site(ms: list[Machine], key: Path, cert: Path, ca: Path) -> None:
     config.SITE_FILE.write_text(header + yaml.safe_dump(site, sort_keys=False))
 
 
+# At boot, a unit may fail to attach to its cgroup on a lab host with hybrid cgroups
+# (exit status 219/CGROUP): a race of the host, not of the machine. Such units are
+# started again once the boot is over; any other failure stays for the tests to see.
+_RETRY_CGROUP_FAILURES = (
+    "systemctl is-system-running --wait >/dev/null 2>&1; "
+    "for u in $(systemctl --failed --plain --no-legend | awk '{print $1}'); do "
+    '[ "$(systemctl show -p ExecMainStatus --value "$u")" = 219 ] && '
+    'systemctl reset-failed "$u" && systemctl start "$u"; done; true'
+)
+
+
+def _settle_boot(m: Machine) -> None:
+    run(["ssh", "-F", config.SSH_CONFIG, m.name, _RETRY_CGROUP_FAILURES])
+
+
 def _write_ssh_config(ms: list[Machine], key: Path) -> None:
     known = config.STATE / "known_hosts"
     known.write_text("".join(machines.host_key_line(m) for m in ms))
@@ -198,6 +213,8 @@ def up(topology: str) -> None:
         with ThreadPoolExecutor(max_workers=len(ms)) as pool:
             list(pool.map(machines.wait_booted, ms, procs))
         _write_ssh_config(ms, key)
+        with ThreadPoolExecutor(max_workers=len(ms)) as pool:
+            list(pool.map(_settle_boot, ms))
         _write_site(ms, tls_key, tls_cert, ca)
         lab_id = secrets.token_hex(8)
         OWNER_FILE.write_text(json.dumps({"lab_id": lab_id, "state": str(config.STATE)}) + "\n")
