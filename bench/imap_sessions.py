@@ -40,13 +40,14 @@ import resource
 import shlex
 import ssl
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from labinfo import lab_info, mail_nodes
 
 from mailcluster.accounts import backend_for
 
@@ -134,18 +135,8 @@ class Lab:
 
 
 def read_lab() -> Lab:
-    out = subprocess.run(
-        [sys.executable, "-m", "mailcluster.lab", "info", "--json"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    info = json.loads(out)
-    nodes = {h["name"]: h["address"] for h in info["hosts"] if "mail" in h["groups"]}
-    if not nodes:
-        raise SystemExit("lab info lists no mail node")
+    info = lab_info()
+    nodes = mail_nodes(info)
     bench = info["bench_accounts"]
     return Lab(info["ca_cert"], info["ssh_config"], nodes, list(bench["users"]), bench["password"])
 

@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labinfo import lab_info, mail_nodes
+
 from mailcluster.accounts import backend_for
 from mailcluster.lab.config import SUBNET
 
@@ -160,18 +162,8 @@ class Lab:
 
 
 def read_lab() -> Lab:
-    out = subprocess.run(
-        [sys.executable, "-m", "mailcluster.lab", "info", "--json"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    info = json.loads(out)
-    nodes = {h["name"]: h["address"] for h in info["hosts"] if "mail" in h["groups"]}
-    if not nodes:
-        raise SystemExit("lab info lists no mail node")
+    info = lab_info()
+    nodes = mail_nodes(info)
     for name, address in nodes.items():  # traffic goes to the lab only
         if ipaddress.ip_address(address) not in SUBNET:
             raise SystemExit(f"{name} ({address}) is not in the lab's subnet {SUBNET}")

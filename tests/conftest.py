@@ -19,6 +19,19 @@ def lab_state_hosts() -> list[dict[str, Any]]:
     return json.loads(state.read_text())["hosts"] if state.exists() else []
 
 
+# SERVICE.md's matrix, for IMAP and SMTP alike: the (connection, mechanism) cells that
+# accept the right password. Without TLS only CRAM-MD5; with TLS, all three.
+ALLOWED_CELLS = [
+    ("plain", "CRAM-MD5"),
+    ("starttls", "LOGIN"),
+    ("starttls", "PLAIN"),
+    ("starttls", "CRAM-MD5"),
+    ("tls", "LOGIN"),
+    ("tls", "PLAIN"),
+    ("tls", "CRAM-MD5"),
+]
+
+
 def node_address(lab: dict[str, Any], name: str) -> str:
     return next(h["address"] for h in lab["hosts"] if h["name"] == name)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, lab_state_hosts, node_address, password_of
+from tests.conftest import ALLOWED_CELLS, REPO, lab_state_hosts, node_address, password_of
 from tests.conftest import backend_of as backend
 from tests.e2e.imap_client import authenticate, connect, login, open_session
 
@@ -77,17 +77,6 @@ def test_allowed_cells_accept_the_right_password(lab, node, user, mode, mechanis
         assert status == "OK", data
     finally:
         client.logout()
-
-
-ALLOWED_CELLS = [
-    ("plain", "CRAM-MD5"),
-    ("starttls", "LOGIN"),
-    ("starttls", "PLAIN"),
-    ("starttls", "CRAM-MD5"),
-    ("tls", "LOGIN"),
-    ("tls", "PLAIN"),
-    ("tls", "CRAM-MD5"),
-]
 
 
 def bad_client(lab: dict[str, Any]) -> str:

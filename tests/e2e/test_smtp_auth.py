@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import lab_state_hosts
+from tests.conftest import ALLOWED_CELLS, lab_state_hosts
 from tests.e2e.smtp_client import (
     PORTS,
     Reply,
@@ -36,16 +36,6 @@ from tests.e2e.smtp_client import (
 MAIL_NODES = [h["name"] for h in lab_state_hosts() if "mail" in h["groups"]] or ["(no lab)"]
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 OUTSIDE = "someone@example.org"
-
-ALLOWED_CELLS = [
-    ("plain", "CRAM-MD5"),
-    ("starttls", "LOGIN"),
-    ("starttls", "PLAIN"),
-    ("starttls", "CRAM-MD5"),
-    ("tls", "LOGIN"),
-    ("tls", "PLAIN"),
-    ("tls", "CRAM-MD5"),
-]
 
 
 def is_refusal(reply: Reply) -> bool:

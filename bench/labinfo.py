@@ -1,0 +1,31 @@
+"""What the benchmarks read about the lab: `python -m mailcluster.lab info --json`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lab_info() -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "mailcluster.lab", "info", "--json"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return json.loads(out)
+
+
+def mail_nodes(info: dict[str, Any]) -> dict[str, str]:
+    """Mail node name -> address, in the order of `lab info`."""
+    nodes = {h["name"]: h["address"] for h in info["hosts"] if "mail" in h["groups"]}
+    if not nodes:
+        raise SystemExit("lab info lists no mail node")
+    return nodes
