@@ -34,8 +34,6 @@ import contextlib
 import datetime
 import json
 import math
-import os
-import platform
 import resource
 import shlex
 import ssl
@@ -47,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labinfo import lab_info, mail_nodes
+from labinfo import lab_info, machine, mail_nodes
 
 from mailcluster.accounts import backend_for
 
@@ -459,18 +457,6 @@ def pct(values: list[float], q: float) -> float:
 
 def mib(kb: float) -> str:
     return f"{kb / 1024:.2f}"
-
-
-def machine() -> str:
-    mem_kb = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return (
-        f"{len(os.sched_getaffinity(0))} vCPUs (nproc), {mem_kb / 1024**2:.1f} GiB memory "
-        f"(MemTotal), kernel {platform.release()}"
-    )
 
 
 def table(res: Results, lab: Lab, sessions: int) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,16 @@ def mail_nodes(info: dict[str, Any]) -> dict[str, str]:
     if not nodes:
         raise SystemExit("lab info lists no mail node")
     return nodes
+
+
+def machine() -> str:
+    """The lab host, as the benchmark tables name it."""
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return (
+        f"{len(os.sched_getaffinity(0))} vCPUs (nproc), {mem_kb / 1024**2:.1f} GiB memory "
+        f"(MemTotal), kernel {platform.release()}"
+    )

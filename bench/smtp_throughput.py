@@ -45,8 +45,6 @@ import datetime
 import email.utils
 import ipaddress
 import json
-import os
-import platform
 import queue
 import re
 import secrets
@@ -63,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labinfo import lab_info, mail_nodes
+from labinfo import lab_info, machine, mail_nodes
 
 from mailcluster.accounts import backend_for
 from mailcluster.lab.config import SUBNET
@@ -468,18 +466,6 @@ def pct(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
-
-
-def machine() -> str:
-    mem_kb = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return (
-        f"{len(os.sched_getaffinity(0))} vCPUs (nproc), {mem_kb / 1024**2:.1f} GiB memory "
-        f"(MemTotal), kernel {platform.release()}"
-    )
 
 
 def report(

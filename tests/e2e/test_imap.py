@@ -58,18 +58,7 @@ def test_plaintext_auth_without_tls_is_refused(lab, node, user, mechanism) -> No
 
 @pytest.mark.parametrize("user", USERS)
 @pytest.mark.parametrize("node", MAIL_NODES)
-@pytest.mark.parametrize(
-    "mode,mechanism",
-    [
-        ("plain", "CRAM-MD5"),
-        ("starttls", "LOGIN"),
-        ("starttls", "PLAIN"),
-        ("starttls", "CRAM-MD5"),
-        ("tls", "LOGIN"),
-        ("tls", "PLAIN"),
-        ("tls", "CRAM-MD5"),
-    ],
-)
+@pytest.mark.parametrize("mode,mechanism", ALLOWED_CELLS)
 def test_allowed_cells_accept_the_right_password(lab, node, user, mode, mechanism) -> None:
     client = login(node_address(lab, node), mode, mechanism, user, password_of(lab, user), lab)
     try:
