@@ -127,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.user}: password set on every mail node")
         elif args.cmd == "users":
             site = load_site(args.inventory)
-            nodes = [h.name for h in site.in_group("mail")]
             for user in sorted(accounts.read_passwords(site.secrets_dir)):
-                backend = accounts.backend_for(user, nodes, site.backend_overrides)
+                backend = site.backend_of(user)
                 pinned = " (override)" if user in site.backend_overrides else ""
                 print(f"{user}\t{backend}{pinned}")
     except (MailctlError, site_mod.SiteError, ValueError) as exc:

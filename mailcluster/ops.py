@@ -28,6 +28,7 @@ def managed_file(
     comment: str = "#",
     banner: bool = True,
     notify: list[str] | None = None,
+    always: bool = False,
 ):
     """Render ``template`` to ``dest``; the live file changes only if the candidate validates.
 
@@ -37,6 +38,8 @@ def managed_file(
     + banner: False only for files whose format has no comments (/etc/timezone).
     + notify: "service.action" markers (see ``service_action``) written in the same step
       as the new file goes live, so a run that stops before the reload leaves it pending.
+    + always: write even if the live file already has this content (facts are read before
+      the run: an earlier step of the same run may have replaced the file meanwhile).
     """
     content = render(template, comment=comment, banner=banner, **(context or {}))
     digest = hashlib.sha1(content.encode()).hexdigest()
@@ -44,7 +47,7 @@ def managed_file(
     # pyinfra's File fact reports mode as the octal digits read as decimal (0o640 -> 640).
     want_mode = int(mode)
 
-    if remote and host.get_fact(Sha1File, path=dest) == digest:
+    if remote and not always and host.get_fact(Sha1File, path=dest) == digest:
         # Same content: only ownership and mode may need mending.
         q = shlex.quote(dest)
         if remote["user"] != user or remote["group"] != group:

@@ -66,6 +66,33 @@ class Host(_Strict):
     name: HostName
     address: ipaddress.IPv4Address
     groups: list[GroupName] = Field(min_length=1)
+    # A mail node on its way out (docs/RUNBOOK.md, "Remove a mail node"): still deployed,
+    # but no user's backend any more; its users move to the others, their sessions drained.
+    draining: bool = False
+
+
+class Rollout(_Strict):
+    """How `python -m mailcluster.rollout` changes the mail nodes (docs/RUNBOOK.md)."""
+
+    # A quarter of the mail nodes at a time: 4 batches of 4 in production, so a bad
+    # change reaches at most a quarter of the users before the health check stops it.
+    batch_percent: int = Field(default=25, ge=1, le=100)
+    # The account the health check logs in with over IMAP and SMTP on every changed node
+    # (a real user's mailbox is never touched: the check only logs in and selects INBOX).
+    check_user: str | None = None
+    # Its password, one line, in a file outside the repository (0600).
+    check_password_file: Path | None = None
+    # How long a changed node may take to answer again (Exim's reload closes its listener
+    # for a moment; Dovecot's reload is seamless) before the batch counts as unhealthy.
+    check_timeout_s: int = Field(default=60, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Rollout:
+        if (self.check_user is None) != (self.check_password_file is None):
+            raise ValueError("check_user and check_password_file go together")
+        if self.check_password_file is not None and not self.check_password_file.is_absolute():
+            raise ValueError("check_password_file: must be an absolute path")
+        return self
 
 
 class TLS(_Strict):
@@ -108,6 +135,7 @@ class Site(_Strict):
     secrets_dir: Path
     # Pin a user to a mail node (e.g. while draining one); everyone else is hashed.
     backend_overrides: dict[str, HostName] = Field(default_factory=dict)
+    rollout: Rollout = Field(default_factory=Rollout)
 
     @field_validator("timezone")
     @classmethod
@@ -146,12 +174,17 @@ class Site(_Strict):
 
     @model_validator(mode="after")
     def _overrides_name_mail_nodes(self) -> Site:
-        mail = {h.name for h in self.hosts if "mail" in h.groups}
+        for h in self.hosts:
+            if h.draining and "mail" not in h.groups:
+                raise ValueError(f"hosts: {h.name}: draining is for mail nodes only")
+        backends = self.backend_nodes()
+        if not backends:
+            raise ValueError("hosts: every mail node is draining; at least one must hold mail")
         for user, node in self.backend_overrides.items():
-            if node not in mail:
+            if node not in backends:
                 raise ValueError(
-                    f"backend_overrides.{user}: {node!r} is not a mail node "
-                    f"({', '.join(sorted(mail))})"
+                    f"backend_overrides.{user}: {node!r} is not a mail node that holds mail "
+                    f"({', '.join(backends)})"
                 )
         return self
 
@@ -165,6 +198,16 @@ class Site(_Strict):
             if h.name == name:
                 return h
         raise KeyError(name)
+
+    def backend_nodes(self) -> list[str]:
+        """Mail nodes that hold mailboxes: all but the draining ones."""
+        return [h.name for h in self.hosts if "mail" in h.groups and not h.draining]
+
+    def backend_of(self, user: str) -> str:
+        """The mail node holding ``user``'s mailbox (the one place the map is computed)."""
+        from mailcluster.accounts import backend_for
+
+        return backend_for(user, self.backend_nodes(), self.backend_overrides)
 
     def fqdn(self, name: str) -> str:
         return f"{name}.{self.domain}"

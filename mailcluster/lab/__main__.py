@@ -1,4 +1,4 @@
-"""``python -m mailcluster.lab up|down|status|info|quota``: the lab's command line."""
+"""``python -m mailcluster.lab up|down|status|info|quota|add|drain|remove``: the lab CLI."""
 
 from __future__ import annotations
 
@@ -40,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     p_quota = sub.add_parser("quota", help="set a test user's home quota (bytes, 10M, none)")
     p_quota.add_argument("user")
     p_quota.add_argument("bytes", type=parse_bytes)
+    p_add = sub.add_parser("add", help="boot one more machine (e.g. a third mail node)")
+    p_add.add_argument("name")
+    p_add.add_argument("--groups", default="mail", help="comma-separated (default: mail)")
+    p_drain = sub.add_parser("drain", help="mark a mail node draining in the lab's site file")
+    p_drain.add_argument("name")
+    p_rm = sub.add_parser("remove", help="power a (drained) machine off and delete it")
+    p_rm.add_argument("name")
+    p_rm.add_argument("--force", action="store_true", help="even a mail node not drained")
     args = parser.parse_args(argv)
 
     try:
@@ -65,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
                 for a in data["accounts"]:
                     print(f"account    {a['user']} {a['password']}")
                 print(f"sink       {data['sink']} (SMTP {data['sink_smtp']})")
+        elif args.cmd == "add":
+            core.add(args.name, [g for g in args.groups.split(",") if g])
+        elif args.cmd == "drain":
+            core.drain(args.name)
+        elif args.cmd == "remove":
+            core.remove(args.name, force=args.force)
         elif args.cmd == "quota":
             if args.user not in config.TEST_USERS:
                 raise LabError(f"{args.user}: not a lab test user ({', '.join(config.TEST_USERS)})")

@@ -82,20 +82,52 @@ def bench_accounts() -> dict[str, Any]:
     return {"password": data["password"], "users": users}
 
 
-def _write_site(ms: list[Machine], key: Path, cert: Path, ca: Path) -> None:
+def _host_entries(ms: list[Machine], draining: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for m in ms:
+        entry: dict[str, Any] = {"name": m.name, "address": m.address, "groups": list(m.groups)}
+        if m.name in draining:
+            entry["draining"] = True
+        out.append(entry)
+    return out
+
+
+def _check_password_file() -> Path:
+    """The rolling deploy's health-check login: the first test user's password, 0600."""
+    path = config.SECRETS / "rollout-check-password"
+    password = accounts()[0]["password"]
+    if not path.exists() or path.read_text().strip() != password:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+    return path
+
+
+def _write_site(
+    ms: list[Machine], key: Path, cert: Path, ca: Path, draining: set[str] | None = None
+) -> None:
     """The lab's site configuration: the same schema production uses."""
     site = {
         "domain": config.DOMAIN,
         "service_names": {s: f"{s}.{config.DOMAIN}" for s in ("imap", "smtp", "webmail")},
-        "hosts": [{"name": m.name, "address": m.address, "groups": list(m.groups)} for m in ms],
+        "hosts": _host_entries(ms, draining or set()),
         "ntp_servers": [str(config.GATEWAY)],
         "apt_proxy": daemons.apt_proxy_url(),
         "smarthost": f"{config.GATEWAY}::{config.SINK_PORT}",
         "unattended_upgrades": True,
         "tls": {"ca_cert": str(ca), "cert": str(cert), "key": str(key)},
         "secrets_dir": str(config.SECRETS / "site"),
+        # The small lab has 2 mail nodes: 25% makes batches of one node.
+        "rollout": {
+            "batch_percent": 25,
+            "check_user": config.TEST_USERS[0],
+            "check_password_file": str(_check_password_file()),
+        },
     }
-    header = "# Written by `python -m mailcluster.lab up`; regenerated on every up.\n"
+    header = (
+        "# Written by `python -m mailcluster.lab up` (and add/drain/remove); "
+        "regenerated on every up.\n"
+    )
     config.SITE_FILE.write_text(header + yaml.safe_dump(site, sort_keys=False))
 
 
@@ -170,10 +202,12 @@ def _healthy(state: dict[str, Any] | None, topology: str) -> bool:
 
 def up(topology: str) -> None:
     with _locked():
-        if _healthy(load_state(), topology):
+        state = load_state()
+        if state and _healthy(state, topology):
             daemons.start_apt_proxy(net.mirror_hosts())
             daemons.start_ntp()
             daemons.start_sink()
+            _save(state, _machines_of(state), _ssh_key()[0])  # this checkout's site file
             log(f"lab already up ({topology}); nothing to do")
             return
         _down()  # whatever a killed run or another checkout left behind
@@ -203,9 +237,7 @@ def up(topology: str) -> None:
         )
         users = users + bench["users"]
         key, pub = _ssh_key()
-        names = [f"{s}.{config.DOMAIN}" for s in ("imap", "smtp", "webmail")]
-        names += [f"{m.name}.{config.DOMAIN}" for m in ms] + [m.name for m in ms]
-        tls_key, tls_cert = pki.ensure_leaf(names, [m.address for m in ms])
+        tls_key, tls_cert = _leaf(ms)
         _, ca = pki.ensure_ca()
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda m: machines.create(m, base, pub, users), ms))
@@ -253,6 +285,98 @@ def down(purge: bool = False) -> None:
             shutil.rmtree(config.CACHE, ignore_errors=True)
             shutil.rmtree(config.STATE, ignore_errors=True)
     log("lab down" + (" (caches and state purged)" if purge else ""))
+
+
+# -- one machine more or less (adding and removing a mail node, docs/RUNBOOK.md) --------
+
+
+def _owned_state() -> dict[str, Any]:
+    state = load_state()
+    if state is None or not _owned(state):
+        raise LabError("this checkout's lab is not up; run: python -m mailcluster.lab up")
+    return state
+
+
+def _machines_of(state: dict[str, Any]) -> list[Machine]:
+    return [Machine(h["name"], h["address"], tuple(h["groups"])) for h in state["hosts"]]
+
+
+def _leaf(ms: list[Machine]) -> tuple[Path, Path]:
+    names = [f"{s}.{config.DOMAIN}" for s in ("imap", "smtp", "webmail")]
+    names += [f"{m.name}.{config.DOMAIN}" for m in ms] + [m.name for m in ms]
+    return pki.ensure_leaf(names, [m.address for m in ms])
+
+
+def _save(state: dict[str, Any], ms: list[Machine], key: Path) -> None:
+    """Rewrite what describes the machines: ssh_config, the site file, state.json."""
+    draining = {h["name"] for h in state["hosts"] if h.get("draining")}
+    state["hosts"] = _host_entries(ms, draining)
+    _write_ssh_config(ms, key)
+    tls = config.SECRETS / "tls"
+    _write_site(ms, tls / "privkey.pem", tls / "fullchain.pem", tls / "ca.pem", draining)
+    config.STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
+
+
+def add(name: str, groups: list[str]) -> Machine:
+    """Boot one more machine into the running lab and list it in the site file (what an
+    operator does by adding a host to site.yaml). Its certificate names are added to the
+    lab's leaf, so the next deploy rotates the certificate on every node."""
+    from mailcluster.site import _host_name
+
+    _host_name(name)
+    with _locked():
+        state = _owned_state()
+        ms = _machines_of(state)
+        if any(m.name == name for m in ms):
+            raise LabError(f"{name}: already in the lab")
+        used = {m.address for m in ms}
+        free = (
+            str(config.SUBNET.network_address + i)
+            for i in range(config.FIRST_HOST, config.SUBNET.num_addresses - 1)
+        )
+        m = Machine(name, next(a for a in free if a not in used), tuple(groups))
+        base = image.ensure_base_image(daemons.apt_proxy_url())
+        key, pub = _ssh_key()
+        ms.append(m)
+        _leaf(ms)
+        machines.create(m, base, pub, accounts() + bench_accounts()["users"])
+        machines.wait_booted(m, machines.start(m))
+        _save(state, ms, key)
+        _settle_boot(m)
+    log(f"{name} ({m.address}) added to the lab as {','.join(groups)}; deploy to configure it")
+    return m
+
+
+def drain(name: str) -> None:
+    """Mark a mail node as draining in the site file (no user's backend any more)."""
+    with _locked():
+        state = _owned_state()
+        host = next((h for h in state["hosts"] if h["name"] == name), None)
+        if host is None or "mail" not in host["groups"]:
+            raise LabError(f"{name}: not a mail node of the lab")
+        host["draining"] = True
+        _save(state, _machines_of(state), _ssh_key()[0])
+    log(f"{name} marked draining; deploy, then `mailctl drain {name}`, then remove it")
+
+
+def remove(name: str, force: bool = False) -> None:
+    """Power a machine off and delete it. A mail node must have been drained first (its
+    queue empty, its users moved), unless ``force``: that is what a dead node is."""
+    with _locked():
+        state = _owned_state()
+        host = next((h for h in state["hosts"] if h["name"] == name), None)
+        if host is None:
+            raise LabError(f"{name}: not in the lab")
+        if "mail" in host["groups"] and not host.get("draining") and not force:
+            raise LabError(
+                f"{name}: a mail node is removed only after draining it (docs/RUNBOOK.md): "
+                f"python -m mailcluster.lab drain {name}; make deploy; mailctl drain {name}"
+            )
+        ms = _machines_of(state)
+        m = next(x for x in ms if x.name == name)
+        machines.destroy(m)
+        _save(state, [x for x in ms if x.name != name], _ssh_key()[0])
+    log(f"{name} removed from the lab; deploy so the other hosts forget it")
 
 
 def leftovers() -> list[str]:

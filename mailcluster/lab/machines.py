@@ -8,7 +8,14 @@ import subprocess
 from pathlib import Path
 
 from mailcluster.lab import config
-from mailcluster.lab.system import LabError, kill_all, processes_under, run, wait_until
+from mailcluster.lab.system import (
+    LabError,
+    kill_all,
+    mounts_under,
+    processes_under,
+    run,
+    wait_until,
+)
 from mailcluster.lab.topology import Machine
 
 NETWORK_UNIT = """\
@@ -162,3 +169,24 @@ def wait_booted(m: Machine, nspawn: subprocess.Popen[bytes]) -> None:
 def destroy_all() -> None:
     kill_all(processes_under(str(config.MACHINES)))
     wait_until("lab machines to exit", lambda: not processes_under(str(config.MACHINES)), 20)
+
+
+def destroy(m: Machine) -> None:
+    """Power one machine off (SIGKILL if it does not stop in time) and delete it."""
+    d = machine_dir(m)
+    marker = f"{d}/"
+    subprocess.run(
+        ["ssh", "-F", str(config.SSH_CONFIG), m.name, "systemctl poweroff"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    try:
+        wait_until(f"{m.name} to power off", lambda: not processes_under(marker), 30)
+    except LabError:
+        kill_all(processes_under(marker))
+        wait_until(f"{m.name} to exit", lambda: not processes_under(marker), 20)
+    for point in mounts_under(d):
+        if subprocess.run(["umount", point], check=False).returncode != 0:
+            run(["umount", "-l", point])
+    shutil.rmtree(d, ignore_errors=True)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import FileContents
 from pyinfra.facts.hardware import Cpus, Memory
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 
 from mailcluster import accounts, sizing, tlsprofile
 from mailcluster.ops import managed_file, service_action
@@ -38,19 +40,21 @@ def master_secret(secrets_dir: Path) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
-def passdb_entries(site: Site, node: str, master_password: str) -> list[dict[str, str]]:
+def passdb_entries(
+    site: Site, node: str, master_password: str, moving: dict[str, str] | None = None
+) -> list[dict[str, str]]:
     """``node``'s passdb: one line per user with an IMAP password, and for users whose
     backend is another node, where to proxy them.
 
     Each node gets its own file: Dovecot's proxy_maybe alone would compare the backend's
     port with the port the client used, and proxy a 143 client to its own node's 993.
     """
-    mail_nodes = [h.name for h in site.in_group("mail")]
     out = []
     for user, hashed in sorted(accounts.read_passwords(site.secrets_dir).items()):
-        backend = site.host(accounts.backend_for(user, mail_nodes, site.backend_overrides))
+        backend = site.host(site.backend_of(user))
         entry = {"user": user, "hash": hashed, "backend": backend.name}
-        if backend.name != node:
+        entry["moving_from"] = (moving or {}).get(user, "")
+        if backend.name != node and not entry["moving_from"]:
             entry.update(
                 backend_fqdn=site.fqdn(backend.name),
                 backend_ip=str(backend.address),
@@ -61,9 +65,56 @@ def passdb_entries(site: Site, node: str, master_password: str) -> list[dict[str
     return out
 
 
-def passdb_context(site: Site, node: str) -> dict[str, object]:
+def passdb_context(
+    site: Site, node: str, moving: dict[str, str] | None = None
+) -> dict[str, object]:
     master = master_secret(site.secrets_dir)
-    return {"node": node, "entries": passdb_entries(site, node, master["password"])}
+    return {"node": node, "entries": passdb_entries(site, node, master["password"], moving)}
+
+
+def live_backends(node: str, lines: list[str]) -> dict[str, str]:
+    """user -> backend as ``node``'s live passdb has it (the map of the last deploy).
+
+    Users left "moving" by a run that stopped mid-move keep the backend they moved from.
+    """
+    out: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("# moving: "):
+            words = line.split()  # "# moving: USER from OLD to NEW"
+            out[words[2]] = words[4]
+            continue
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(":", 7)
+        user, extra = fields[0], fields[7] if len(fields) == 8 else ""
+        args = dict(kv.split("=", 1) for kv in extra.split() if "=" in kv)
+        if "host" in args:
+            out[user] = args["host"].split(".", 1)[0]
+        elif "nologin" not in args:
+            out.setdefault(user, node)
+    return out
+
+
+def moving_users(site: Site, live: dict[str, str]) -> dict[str, str]:
+    """Users whose backend changes in this run (a node added or draining): user -> old."""
+    users = accounts.read_passwords(site.secrets_dir)
+    return {u: old for u, old in live.items() if u in users and old != site.backend_of(u)}
+
+
+def drain_sessions(users: list[str], timeout_s: int = 30) -> str:
+    """Shell: end ``users``' IMAP sessions on this node (their old backend) and wait until
+    Dovecot reports none; fail the run, leaving them refused, if they do not go."""
+    names = " ".join(users)
+    pattern = "|".join(users)
+    return (
+        f"for i in $(seq {timeout_s}); do "
+        f'for u in {names}; do doveadm kick "$u" >/dev/null 2>&1; done; '
+        f"left=$(doveadm who -1 2>/dev/null | awk 'NR > 1 && $1 ~ /^({pattern})$/ {{print $1}}'"
+        " | sort -u | tr '\\n' ' '); "
+        '[ -z "$left" ] && exit 0; sleep 1; done; '
+        f'echo "sessions of $left on this node did not end in {timeout_s}s; '
+        'they stay refused here until a deploy succeeds" >&2; exit 1'
+    )
 
 
 @deploy("Dovecot passdb")
@@ -74,8 +125,33 @@ def push_passdb() -> None:
     files.directory(
         name="Dovecot's mailcluster folder", path=CONF_DIR, mode="750", user="root", group="dovecot"
     )
+    # A user whose backend changes must never be open on two backends at once (Dovecot's
+    # indexes on the shared home would be written by both): every node first refuses
+    # them, their old backend ends their sessions, and only then do they log in anew.
+    # pyinfra runs each step on all hosts before the next, so no node is a step ahead.
+    moving = moving_users(site, live_backends(host.name, host.get_fact(FileContents, PASSDB) or []))
+    if moving and os.environ.get("MAILCLUSTER_ROLLOUT"):
+        raise DeployError(
+            f"{host.name}: {len(moving)} users change backend (a mail node added or draining); "
+            "that must reach every mail node at once: run the plain deploy, not a rollout"
+        )
+    if moving:
+        managed_file(
+            name="Users changing backend: refused while their sessions drain (passdb)",
+            dest=PASSDB,
+            template="dovecot/passdb.j2",
+            context=passdb_context(site, host.name, moving),
+            mode="640",
+            group="dovecot",
+        )
+        mine = sorted(u for u, old in moving.items() if old == host.name)
+        if mine:
+            server.shell(
+                name="End their sessions on their old backend", commands=[drain_sessions(mine)]
+            )
     managed_file(
         name="Users, password hashes and backends (passdb)",
+        always=bool(moving),
         dest=PASSDB,
         template="dovecot/passdb.j2",
         context=passdb_context(site, host.name),

@@ -26,10 +26,9 @@ QUEUE_INTERVAL = "2m"
 def backends_context(site: Site, node: str) -> dict[str, object]:
     """Registered users and where their mailbox is: "local" on their backend, else the
     backend's name (this node hands it their mail)."""
-    mail_nodes = [h.name for h in site.in_group("mail")]
     rows = []
     for user in sorted(accounts.read_passwords(site.secrets_dir)):
-        backend = accounts.backend_for(user, mail_nodes, site.backend_overrides)
+        backend = site.backend_of(user)
         rows.append((user, "local" if backend == node else site.fqdn(backend)))
     return {"node": node, "rows": rows}
 
