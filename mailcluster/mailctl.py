@@ -4,6 +4,7 @@
     mailctl [-i INVENTORY] passwd USER --stdin    # one line from stdin (scripts, the
                                                   # registration page)
     mailctl [-i INVENTORY] users
+    mailctl [-i INVENTORY] drain NODE             # empty a draining mail node's queue
 
 The password is never taken from the command line (argv is visible to every local user
 in `ps`). The new {CRAM-MD5} hash goes into the site's password store (secrets_dir), then
@@ -88,6 +89,29 @@ def push(inventory: str) -> None:
         raise MailctlError(f"pushing the passdb failed (the store has the new hash):\n{tail}")
 
 
+def drain(inventory: str, node: str) -> None:
+    """Check a draining node serves no mailbox, and deliver its queue until empty."""
+    site = load_site(inventory)
+    h = next((x for x in site.in_group("mail") if x.name == node), None)
+    if h is None:
+        raise MailctlError(f"{node}: not a mail node of the site")
+    if not h.draining:
+        raise MailctlError(
+            f"{node}: not marked draining; set `draining: true` on it in the site file and "
+            "run the deploy first (docs/RUNBOOK.md, remove a mail node)"
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "-y", inventory, "mailcluster/deploys/drain.py"]
+        + ["--limit", node],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise MailctlError(f"{node} is not drained:\n{tail}")
+
+
 def read_new_password(from_stdin: bool) -> str:
     if from_stdin:
         line = sys.stdin.readline()
@@ -114,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p_passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
     p_passwd.add_argument("password", nargs="*", help=argparse.SUPPRESS)
     sub.add_parser("users", help="users with an IMAP password, and their backend node")
+    p_drain = sub.add_parser("drain", help="empty a draining mail node before removing it")
+    p_drain.add_argument("node")
     args = parser.parse_args(argv)
 
     try:
@@ -125,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             password = read_new_password(args.stdin)
             set_password(args.inventory, args.user, password)
             print(f"{args.user}: password set on every mail node")
+        elif args.cmd == "drain":
+            drain(args.inventory, args.node)
+            print(f"{args.node}: drained (no mailbox served, queue empty); safe to power off")
         elif args.cmd == "users":
             site = load_site(args.inventory)
             for user in sorted(accounts.read_passwords(site.secrets_dir)):

@@ -98,11 +98,13 @@ def check_password(site: Site) -> str:
         raise RolloutError(f"rollout.check_password_file {path}: {exc.strerror}") from None
 
 
-def rollout(inventory: str, percent: int | None, extra: list[str]) -> None:
+def rollout(
+    inventory: str, percent: int | None, extra: list[str], timeout: int | None = None
+) -> None:
     site = load_site(inventory)
     password = check_password(site)
     percent = percent or site.rollout.batch_percent
-    timeout = site.rollout.check_timeout_s
+    timeout = timeout or site.rollout.check_timeout_s
     mail = site.in_group("mail")
     others = [h for h in site.hosts if "mail" not in h.groups]
     plan = ([others] if others else []) + batches(mail, percent)
@@ -141,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="1-100",
         help="mail nodes per batch, in percent (default: the site's rollout.batch_percent)",
     )
+    parser.add_argument(
+        "--check-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="how long a changed host may take to pass (default: rollout.check_timeout_s)",
+    )
     args, extra = parser.parse_known_args(argv)
     try:
-        rollout(args.inventory, args.batch_percent, extra)
+        rollout(args.inventory, args.batch_percent, extra, args.check_timeout)
     except (RolloutError, MailctlError, SiteError) as exc:
         _say(f"error: {exc}")
         return 1
