@@ -18,15 +18,22 @@ _LIMITS = sizing.dovecot(4, 8192)
 _PASSDB: dict[str, Any] = {
     "node": "mail01",
     "entries": [
-        {"user": "alice", "hash": "{CRAM-MD5}" + "0" * 64, "backend": "mail01"},
+        {"user": "alice", "hash": "{CRAM-MD5}" + "0" * 64, "backend": "mail01", "moving_from": ""},
         {
             "user": "bob",
             "hash": "{CRAM-MD5}" + "1" * 64,
             "backend": "mail02",
+            "moving_from": "",
             "backend_fqdn": "mail02.example.test",
             "backend_ip": "127.0.0.3",
             "master_user": "mailcluster-proxy",
             "master_password": "m",
+        },
+        {
+            "user": "carol",
+            "hash": "{CRAM-MD5}" + "2" * 64,
+            "backend": "mail03",
+            "moving_from": "mail02",
         },
     ],
 }
