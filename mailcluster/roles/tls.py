@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from pyinfra import host
+from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server
 
@@ -14,9 +17,38 @@ from mailcluster.site import Site
 _installed: dict[str, list[OperationMeta]] = {}
 
 
+def check_material(site: Site) -> None:
+    """On the deploying machine, before any host gets them: the key belongs to the
+    certificate, the chain verifies against the CA, and the certificate is valid for a
+    week more. A wrong file would otherwise break TLS on every node it reached."""
+    key = (str(site.tls.key), str(site.tls.cert), str(site.tls.ca_cert))
+    if key in _checked:
+        return
+    path, cert, ca = key
+
+    def openssl(*args: str) -> str:
+        proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DeployError(f"TLS material: openssl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    if openssl("pkey", "-in", path, "-pubout") != openssl("x509", "-in", cert, "-noout", "-pubkey"):
+        raise DeployError(f"TLS material: the key {path} does not belong to the certificate {cert}")
+    openssl("verify", "-CAfile", ca, "-untrusted", cert, cert)
+    week = str(7 * 24 * 3600)
+    checkend = ["openssl", "x509", "-in", cert, "-noout", "-checkend", week]
+    if subprocess.run(checkend, capture_output=True).returncode:
+        raise DeployError(f"TLS material: {cert} expires within a week; renew it first")
+    _checked.add(key)
+
+
+_checked: set[tuple[str, str, str]] = set()
+
+
 def install_tls() -> list[OperationMeta]:
     """Called inside a service's deploy. Returns the operations, so the service can
     reload when its certificate changed."""
+    check_material(host.data.site)
     if host.name in _installed:
         return _installed[host.name]
     _installed[host.name] = _install()
