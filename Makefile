@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TOPOLOGY ?= small
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: lab deploy test lint unit down purge host-deps venv info bench
+.PHONY: lab deploy test lint unit down purge host-deps venv info bench vagrant-test vagrant-up vagrant-destroy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,16 @@ purge: venv
 bench: lab
 	$(PY) bench/imap_sessions.py --sessions 4000
 	$(PY) bench/smtp_throughput.py --messages 1000
+
+## vagrant-test: the cluster as real VMs (not part of `make test`): installs Vagrant,
+## vagrant-libvirt, libvirt and qemu, builds the Debian 12 box, `vagrant up`, deploy,
+## the end-to-end suite against the VMs (MAILCLUSTER_TARGET=vagrant), `vagrant destroy`
+vagrant-test: venv
+	./scripts/vagrant-test
+
+vagrant-up: venv
+	$(PY) -m mailcluster.vagrant up --topology $(TOPOLOGY)
+	$(VENV)/bin/pyinfra -y inventory/vagrant.py deploy.py
+
+vagrant-destroy: venv
+	$(PY) -m mailcluster.vagrant destroy

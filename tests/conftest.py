@@ -1,8 +1,14 @@
-"""Shared fixtures: the lab as `python -m mailcluster.lab info --json` describes it."""
+"""Shared fixtures: the cluster under test as its `info --json` describes it.
+
+The target is the lab (`python -m mailcluster.lab info --json`) unless
+MAILCLUSTER_TARGET=vagrant: then the Vagrant cluster (`python -m mailcluster.vagrant info
+--json`, the same shape). Tests of lab-only features skip on Vagrant (`lab_only`).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +18,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# What the end-to-end tests run against: "lab" (default) or "vagrant".
+TARGET = os.environ.get("MAILCLUSTER_TARGET", "lab")
+if TARGET not in ("lab", "vagrant"):
+    raise SystemExit(f"MAILCLUSTER_TARGET={TARGET!r}: expected lab or vagrant")
+_STATE = {"lab": REPO / ".lab" / "state.json", "vagrant": REPO / ".vagrant/mailcluster/state.json"}
+
+# For tests of what only the lab has (btrfs home quotas set by `mailcluster.lab quota`).
+lab_only = pytest.mark.skipif(
+    TARGET != "lab", reason=f"lab-only feature (target is {TARGET}, MAILCLUSTER_TARGET)"
+)
+
 
 def lab_state_hosts() -> list[dict[str, Any]]:
-    """The lab's hosts at collection time (empty when the lab is not up)."""
-    state = REPO / ".lab" / "state.json"
+    """The target's hosts at collection time (empty when it is not up)."""
+    state = _STATE[TARGET]
     return json.loads(state.read_text())["hosts"] if state.exists() else []
 
 
@@ -49,14 +66,18 @@ def backend_of(lab: dict[str, Any], user: str) -> str:
 
 @pytest.fixture(scope="session")
 def lab() -> dict[str, Any]:
+    """The target's `info --json`: the lab's, or with MAILCLUSTER_TARGET=vagrant the
+    Vagrant cluster's (same keys)."""
+    module = "mailcluster.vagrant" if TARGET == "vagrant" else "mailcluster.lab"
     proc = subprocess.run(
-        [sys.executable, "-m", "mailcluster.lab", "info", "--json"],
+        [sys.executable, "-m", module, "info", "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
     )
     if proc.returncode != 0:
-        pytest.fail(f"the lab is not up ({proc.stderr.strip()}); run: make lab")
+        hint = "make vagrant-test" if TARGET == "vagrant" else "make lab"
+        pytest.fail(f"the {TARGET} target is not up ({proc.stderr.strip()}); run: {hint}")
     return json.loads(proc.stdout)
 
 

@@ -54,12 +54,18 @@ def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return run([*VIRSH, *args], check=check)
 
 
+def _active(*info: str) -> bool:
+    """`virsh pool-info NAME` says State: running, `net-info NAME` Active: yes."""
+    lines = virsh(*info).stdout.splitlines()
+    return any(line.split()[:2] in (["Active:", "yes"], ["State:", "running"]) for line in lines)
+
+
 def ensure_pool() -> None:
     """vagrant-libvirt keeps box images and VM disks in libvirt's `default` pool."""
     if not ok([*VIRSH, "pool-info", POOL]):
         Path(POOL_DIR).mkdir(parents=True, exist_ok=True)
         virsh("pool-define-as", POOL, "dir", "--target", POOL_DIR)
-    if "Active:         yes" not in virsh("pool-info", POOL).stdout:
+    if not _active("pool-info", POOL):
         virsh("pool-start", POOL)
 
 
@@ -68,7 +74,7 @@ def _ensure_network(name: str, xml: str) -> None:
         path = config.RUN / f"{name}.xml"
         path.write_text(xml)
         virsh("net-define", str(path))
-    if "Active:         yes" not in virsh("net-info", name).stdout:
+    if not _active("net-info", name):
         virsh("net-start", name)
 
 

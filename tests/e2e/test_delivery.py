@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, lab_state_hosts, password_of
+from tests.conftest import REPO, lab_only, lab_state_hosts, password_of
 from tests.conftest import backend_of as backend
 from tests.conftest import node_address as address_of
 from tests.e2e.imap_client import login
@@ -158,6 +158,7 @@ def reboot(lab_ssh, node: str) -> None:  # noqa: ANN001
     wait_for(back, f"{node} to reboot", timeout=120)
 
 
+@lab_only  # the home quota is the lab's btrfs qgroup, set by `mailcluster.lab quota`
 def test_over_quota_defers_keeps_the_message_through_a_restart_then_delivers_once(
     lab, lab_ssh
 ) -> None:
