@@ -70,6 +70,13 @@ def create(m: Machine, image: Path, authorized_key: str, users: list[dict[str, o
     ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
     (ssh / "authorized_keys").write_text(authorized_key)
     (ssh / "authorized_keys").chmod(0o600)
+    # No systemd user manager for root's SSH sessions: nothing in the lab uses one, and
+    # on a host with hybrid cgroups it intermittently fails to start (219/CGROUP) when
+    # the host is busy, a failed unit that is the host's, not the deploy's. Masked,
+    # pam_systemd notes it and the session goes on.
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True, exist_ok=True)
+    (units / "user@0.service").symlink_to("/dev/null")
     # Host keys of its own; the lab's known_hosts records them (StrictHostKeyChecking).
     for kind in ("ed25519", "ecdsa"):
         run(

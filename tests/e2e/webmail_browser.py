@@ -167,7 +167,15 @@ class Webmail:
         self.page.locator(selector).click()
 
     def open(self, path: str = "") -> None:
-        self.page.goto(self.base_url + path)
+        # Chromium aborts a navigation when the host's interfaces change under it (other
+        # virtual networks coming up on the test machine): load again, as a user would.
+        for attempt in range(3):
+            try:
+                self.page.goto(self.base_url + path)
+                break
+            except PlaywrightError as exc:
+                if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == 2:
+                    raise
         self.ready()
 
     def login(self, user: str, password: str) -> None:
