@@ -8,7 +8,7 @@ network's host address only.
 
 from __future__ import annotations
 
-import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,14 +218,14 @@ def stop_services() -> None:
 def libvirt_problem() -> str | None:
     """What is missing for the libvirt provider, in plain words (None: nothing)."""
     missing = [
-        tool
+        f"{tool} (package {package})"
         for tool, package in (
             ("vagrant", "vagrant"),
             ("virsh", "libvirt-clients"),
             ("qemu-system-x86_64", "qemu-system-x86"),
             ("qemu-img", "qemu-utils"),
         )
-        if not ok(["sh", "-c", f"command -v {tool}"])
+        if not shutil.which(tool)
     ]
     if missing:
         return "missing commands: " + ", ".join(missing)
@@ -245,18 +245,3 @@ def check_libvirt() -> None:
     problem = libvirt_problem()
     if problem:
         raise LabError(problem)
-
-
-def domain_names() -> list[str]:
-    return virsh("list", "--all", "--name").stdout.split()
-
-
-def bridge_of(network: str) -> str:
-    for line in virsh("net-info", network).stdout.splitlines():
-        if line.startswith("Bridge:"):
-            return line.split()[1]
-    raise LabError(f"libvirt network {network} has no bridge")
-
-
-def dump_json(obj: object) -> str:
-    return json.dumps(obj, indent=2) + "\n"
