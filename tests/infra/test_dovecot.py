@@ -24,7 +24,7 @@ def test_dovecot_runs_and_starts_at_boot(mail_host) -> None:
         ("disable_plaintext_auth", "yes"),
         ("auth_mechanisms", "plain login cram-md5"),
         ("ssl_min_protocol", "TLSv1.2"),
-        ("ssl_prefer_server_ciphers", "no"),
+        ("ssl_prefer_server_ciphers", "yes"),
         ("mail_location", "maildir:~/Maildir"),
         ("ssl_cert", "</etc/mailcluster/tls/fullchain.pem"),
         ("ssl_key", "</etc/mailcluster/tls/privkey.pem"),

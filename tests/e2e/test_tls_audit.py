@@ -1,0 +1,112 @@
+"""TLS audit: Debian's testssl.sh, run from the lab host against every TLS port of the
+lab, with the site CA as the only trust anchor added. Any finding of severity MEDIUM or
+worse fails, except the commented ones a private lab CA cannot avoid.
+
+The JSON of each scan and a per-port summary go to artifacts/tls-audit/ (SECURITY.md
+quotes the summary).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+OUT = REPO / "artifacts" / "tls-audit"
+SEVERE = {"MEDIUM", "HIGH", "CRITICAL"}
+# What a private CA cannot have. Everything else MEDIUM or worse is a failure.
+ALLOWED = {
+    # The lab CA publishes no CRL and runs no OCSP responder: there is nowhere to reach
+    # (the lab may not talk to anything outside this machine). Production certificates
+    # from the university's CA carry both.
+    "cert_revocation",
+}
+# One scan per service port: (name, testssl target arguments, which node kind).
+PORTS = [
+    ("imaps-993", ["{mail}:993"]),
+    ("imap-143-starttls", ["--starttls", "imap", "{mail}:143"]),
+    ("smtps-465", ["{mail}:465"]),
+    ("submission-587-starttls", ["--starttls", "smtp", "{mail}:587"]),
+    ("https-443", ["{webmail}:443"]),
+]
+
+
+def _scan(name: str, target: list[str], ca_cert: str) -> list[dict[str, Any]]:
+    out = OUT / f"{name}.json"
+    out.unlink(missing_ok=True)
+    cmd = ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--add-ca", ca_cert]
+    proc = subprocess.run(
+        [*cmd, "--jsonfile", str(out), *target], capture_output=True, text=True, timeout=900
+    )
+    (OUT / f"{name}.txt").write_text(proc.stdout + proc.stderr)
+    if not out.exists():
+        pytest.fail(f"testssl wrote no JSON for {name}: {proc.stderr[-2000:]}")
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def scans(lab) -> dict[str, list[dict[str, Any]]]:
+    if not shutil.which("testssl"):
+        pytest.fail("testssl is not installed (scripts/host-deps installs Debian's testssl.sh)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    mail = next(h["address"] for h in lab["hosts"] if "mail" in h["groups"])
+    webmail = next(h["address"] for h in lab["hosts"] if "webmail" in h["groups"])
+    jobs = {name: [a.format(mail=mail, webmail=webmail) for a in args] for name, args in PORTS}
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = {n: pool.submit(_scan, n, t, lab["ca_cert"]) for n, t in jobs.items()}
+        results = {n: f.result() for n, f in futures.items()}
+    _summary(results)
+    return results
+
+
+def _by_id(findings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f["id"]: f for f in findings}
+
+
+def _summary(results: dict[str, list[dict[str, Any]]]) -> None:
+    keys = ["SSLv2", "SSLv3", "TLS1", "TLS1_1", "TLS1_2", "TLS1_3", "cipher_order", "PFS"]
+    keys += ["cert_chain_of_trust", "cert_expirationStatus"]
+    lines = ["| port | " + " | ".join(keys) + " | MEDIUM+ findings |"]
+    lines.append("|---" * (len(keys) + 2) + "|")
+    for name, findings in results.items():
+        ids = _by_id(findings)
+        severe = sorted(f["id"] for f in findings if f["severity"] in SEVERE)
+        cells = [ids.get(k, {}).get("finding", "-").replace("|", "/")[:40] for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(severe) or 'none'} |")
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("port", [name for name, _ in PORTS])
+def test_no_finding_of_medium_severity_or_worse(scans, port) -> None:
+    severe = [
+        f"{f['severity']} {f['id']}: {f['finding']}"
+        for f in scans[port]
+        if f["severity"] in SEVERE and f["id"] not in ALLOWED
+    ]
+    assert not severe, "\n".join(severe)
+
+
+@pytest.mark.parametrize("port", [name for name, _ in PORTS])
+def test_only_tls_1_2_and_1_3_strong_ciphers_forward_secrecy_and_a_valid_chain(scans, port) -> None:
+    ids = _by_id(scans[port])
+    for old in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+        assert ids[old]["finding"] == "not offered", ids[old]
+    assert ids["TLS1_2"]["finding"].startswith("offered")
+    assert ids["TLS1_3"]["finding"].startswith("offered")
+    for weak in ("NULL", "aNULL", "EXPORT", "LOW", "3DES_IDEA", "AVERAGE"):
+        assert ids[f"cipherlist_{weak}"]["finding"] == "not offered", weak
+    assert ids["PFS"]["finding"] == "offered", ids["PFS"]  # forward secrecy
+    assert ids["cert_chain_of_trust"]["finding"].startswith("passed"), ids["cert_chain_of_trust"]
+    assert ids["cert_expirationStatus"]["severity"] == "OK"  # valid long enough
+    assert ids["cipher_order"]["finding"].startswith("server"), ids["cipher_order"]
+
+
+def test_the_summary_is_written_for_security_md(scans) -> None:
+    text = (OUT / "summary.md").read_text()
+    assert all(name in text for name, _ in PORTS)
