@@ -95,6 +95,23 @@ class Rollout(_Strict):
         return self
 
 
+class BruteForce(_Strict):
+    """fail2ban on the mail and webmail hosts: an address that fails to log in
+    ``max_failures`` times within ``window_s`` (IMAP, SMTP AUTH and webmail alike) is
+    refused by that host's mail (or web) ports for ``ban_s``."""
+
+    # Ten: a user with a stale password on a phone and a laptop retries a few times an
+    # hour; a password guesser tries hundreds. Dovecot also slows each failure down.
+    max_failures: int = Field(default=10, ge=1, le=1000)
+    window_s: int = Field(default=600, ge=10, le=86400)
+    # Half an hour: long enough to make guessing pointless, short enough that a campus
+    # user who locked themselves out is back before the helpdesk call ends.
+    ban_s: int = Field(default=1800, ge=10, le=7 * 86400)
+    # Never banned (besides the cluster's own hosts, which webmail and the proxies log in
+    # from): campus NATs and monitoring, where one address speaks for many users.
+    ignore: list[ipaddress.IPv4Network] = Field(default_factory=list)
+
+
 class TLS(_Strict):
     """Paths on the machine running the deploy; the files never live in the repo."""
 
@@ -136,6 +153,7 @@ class Site(_Strict):
     # Pin a user to a mail node (e.g. while draining one); everyone else is hashed.
     backend_overrides: dict[str, HostName] = Field(default_factory=dict)
     rollout: Rollout = Field(default_factory=Rollout)
+    bruteforce: BruteForce = Field(default_factory=BruteForce)
 
     @field_validator("timezone")
     @classmethod

@@ -117,6 +117,15 @@ def _write_site(
         "unattended_upgrades": True,
         "tls": {"ca_cert": str(ca), "cert": str(cert), "key": str(key)},
         "secrets_dir": str(config.SECRETS / "site"),
+        # Short enough for a test to see a ban expire. Never banned: the lab host's own
+        # address (most tests, the sink) and the first client address (the matrix
+        # tests' deliberate wrong passwords); the brute-force test uses the others.
+        "bruteforce": {
+            "max_failures": 5,
+            "window_s": 600,
+            "ban_s": 45,
+            "ignore": [f"{config.GATEWAY}/32", f"{config.CLIENT_ADDRESSES[0]}/32"],
+        },
         # The small lab has 2 mail nodes: 25% makes batches of one node.
         "rollout": {
             "batch_percent": 25,

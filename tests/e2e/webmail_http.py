@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import http.client
 import http.cookiejar
 import re
 import ssl
@@ -10,14 +12,30 @@ import urllib.request
 from typing import Any
 
 
+class _HTTPSFrom(urllib.request.HTTPSHandler):
+    """HTTPS from one of the lab host's client addresses."""
+
+    def __init__(self, context: ssl.SSLContext, source: str) -> None:
+        super().__init__(context=context)
+        self._ctx, self._source = context, source
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        conn = functools.partial(
+            http.client.HTTPSConnection, context=self._ctx, source_address=(self._source, 0)
+        )
+        return self.do_open(conn, req)
+
+
 class WebmailSession:
-    def __init__(self, lab: dict[str, Any], base: str | None = None) -> None:
+    def __init__(
+        self, lab: dict[str, Any], base: str | None = None, source: str | None = None
+    ) -> None:
         self.base = (base or lab["endpoints"]["webmail"]).rstrip("/") + "/"
         ctx = ssl.create_default_context(cafile=lab["ca_cert"])
         self.jar = http.cookiejar.CookieJar()
+        https = _HTTPSFrom(ctx, source) if source else urllib.request.HTTPSHandler(context=ctx)
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=ctx),
-            urllib.request.HTTPCookieProcessor(self.jar),
+            https, urllib.request.HTTPCookieProcessor(self.jar)
         )
 
     def get(self, query: str = "") -> str:

@@ -10,6 +10,7 @@ import jinja2
 import pytest
 
 from mailcluster import site, sizing, templating, tlsprofile
+from mailcluster.roles import fail2ban
 from tests.conftest import REPO
 
 SITE = site.load(REPO / "tests" / "fixtures" / "sites" / "loopback.yaml")
@@ -111,6 +112,9 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "chrony/default.j2": {"in_container": False},
     "chrony/unit-override.conf.j2": {"in_container": True},
     "ssh/10-mailcluster.conf.j2": {},
+    "fail2ban/jail.conf.j2": fail2ban.jail_context(SITE, "mail01", ["mail", "webmail"]),
+    "fail2ban/mailcluster-auth.conf.j2": {},
+    "fail2ban/mailcluster-webmail.conf.j2": {},
     **DOVECOT_CONTEXTS,
     **EXIM_CONTEXTS,
     **WEBMAIL_CONTEXTS,
@@ -120,6 +124,34 @@ CONTEXTS: dict[str, dict[str, Any]] = {
 def all_templates() -> list[str]:
     root = templating.TEMPLATES
     return sorted(str(p.relative_to(root)) for p in root.rglob("*.j2"))
+
+
+def test_the_jail_names_the_sites_limits_and_never_bans_cluster_hosts() -> None:
+    out = templating.render("fail2ban/jail.conf.j2", **CONTEXTS["fail2ban/jail.conf.j2"])
+    bf = SITE.bruteforce
+    assert f"maxretry = {bf.max_failures}\nfindtime = {bf.window_s}\nbantime = {bf.ban_s}\n" in out
+    ignore = next(line for line in out.splitlines() if line.startswith("ignoreip"))
+    assert all(f"{h.address}/32" in ignore for h in SITE.hosts)
+    assert "[mailcluster-auth]" in out and "[mailcluster-webmail]" in out
+
+
+@pytest.mark.parametrize(
+    "line,address",
+    [
+        ("auth: passwd-file(alice,192.0.2.7,<nFgz41Nhu6oKTQAJ>): Password mismatch", "192.0.2.7"),
+        ("auth: passwd-file(nosuch,192.0.2.8,<1PJR41NhOe0KTQAJ>): unknown user", "192.0.2.8"),
+        ("auth: cram-md5(alice,192.0.2.9): Password mismatch", "192.0.2.9"),
+        ("auth: passwd-file(alice,192.0.2.7): Password mismatch", "192.0.2.7"),
+    ],
+)
+def test_the_auth_filter_takes_the_clients_address_from_dovecots_line(line, address) -> None:
+    import re
+
+    out = templating.render("fail2ban/mailcluster-auth.conf.j2")
+    regex = next(x for x in out.splitlines() if x.startswith("failregex = "))[12:]
+    # fail2ban's <HOST> is an address group; the same expression with a plain group:
+    found = re.search(regex.replace("<HOST>", r"(?P<host>[0-9a-f.:]+)"), line)
+    assert found and found.group("host") == address
 
 
 def test_every_template_has_a_test_context() -> None:
