@@ -42,7 +42,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy mailcluster deploy.py inventory group_data tests
 
-unit: venv
+unit: venv host-deps
 	$(PY) -m pytest -q tests/unit
 
 down: venv
