@@ -24,6 +24,10 @@ if TARGET not in ("lab", "vagrant"):
     raise SystemExit(f"MAILCLUSTER_TARGET={TARGET!r}: expected lab or vagrant")
 _STATE = {"lab": REPO / ".lab" / "state.json", "vagrant": REPO / ".vagrant/mailcluster/state.json"}
 
+# The target's pyinfra inventory (tests that run mailctl or pyinfra against the cluster:
+# never the lab's when the target is the Vagrant cluster).
+INVENTORY = {"lab": "inventory/lab.py", "vagrant": "inventory/vagrant.py"}[TARGET]
+
 # For tests of what only the lab has (btrfs home quotas set by `mailcluster.lab quota`).
 lab_only = pytest.mark.skipif(
     TARGET != "lab", reason=f"lab-only feature (target is {TARGET}, MAILCLUSTER_TARGET)"
@@ -51,6 +55,12 @@ ALLOWED_CELLS = [
 
 def node_address(lab: dict[str, Any], name: str) -> str:
     return next(h["address"] for h in lab["hosts"] if h["name"] == name)
+
+
+def host_address(lab: dict[str, Any]) -> str:
+    """The test host's own address on the cluster's network (where its clients and the
+    mail sink are): the lab's 10.77.0.1, the Vagrant network's 10.78.0.1."""
+    return str(lab["sink_smtp"]).rsplit(":", 1)[0]
 
 
 def password_of(lab: dict[str, Any], user: str) -> str:

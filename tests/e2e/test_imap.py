@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ALLOWED_CELLS, REPO, lab_state_hosts, node_address, password_of
+from tests.conftest import (
+    ALLOWED_CELLS,
+    INVENTORY,
+    REPO,
+    host_address,
+    lab_state_hosts,
+    node_address,
+    password_of,
+)
 from tests.conftest import backend_of as backend
 from tests.e2e.imap_client import authenticate, connect, login, open_session
 
@@ -135,7 +143,7 @@ def test_a_session_via_another_node_is_served_by_the_users_backend(lab, lab_ssh,
         who_proxy = lab_ssh(other, f"doveadm who -1 {user}", check=False).stdout
         # The backend serves the session for the client's own address (passed on by the
         # proxy as a trusted node); the proxy node runs no imap process for it.
-        assert f"{user} " in who_backend and "10.77.0.1" in who_backend, who_backend
+        assert f"{user} " in who_backend and host_address(lab) in who_backend, who_backend
         assert f"{user} " not in who_proxy, who_proxy
     finally:
         client.logout()
@@ -171,7 +179,7 @@ def test_when_a_backend_is_down_its_users_get_unavailable_others_are_unaffected(
 
 def mailctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mailcluster.mailctl", "-i", "inventory/lab.py", *args],
+        [sys.executable, "-m", "mailcluster.mailctl", "-i", INVENTORY, *args],
         input=stdin,
         capture_output=True,
         text=True,
