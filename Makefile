@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TOPOLOGY ?= small
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: lab deploy test lint unit down purge host-deps venv info bench vagrant-test vagrant-up vagrant-destroy
+.PHONY: lab deploy test lint unit down purge host-deps venv info bench bench-fleet vagrant-test vagrant-up vagrant-destroy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ purge: venv
 bench: lab
 	$(PY) bench/imap_sessions.py --sessions 4000
 	$(PY) bench/smtp_throughput.py --messages 1000
+	$(PY) bench/nothing_lost.py --messages 1000
+
+## bench-fleet: the 20-host figures on the `full` lab (takes the lab over, 25-40 min);
+## appends a table to BENCHMARKS.md. `make lab` brings the small lab back afterwards.
+bench-fleet: host-deps venv
+	$(PY) bench/fleet.py --write BENCHMARKS.md
 
 ## vagrant-test: the cluster as real VMs (not part of `make test`): installs Vagrant,
 ## vagrant-libvirt, libvirt and qemu, builds the Debian 12 box, `vagrant up`, deploy,

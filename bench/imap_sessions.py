@@ -130,6 +130,11 @@ class Lab:
     nodes: dict[str, str]  # mail node name -> address, in the order of `lab info`
     users: list[str]
     password: str
+    backends: tuple[str, ...] = ()  # every mail node (users' backends): --nodes may pick some
+
+
+def backend(lab: Lab, user: str) -> str:
+    return backend_for(user, lab.backends or list(lab.nodes))
 
 
 def read_lab() -> Lab:
@@ -183,7 +188,7 @@ def plan(lab: Lab, sessions: int, per_user_max: int) -> list[Slot]:
             )
         for k in range(count):
             user = users[k % len(users)]
-            direct = backend_for(user, names) == node
+            direct = backend(lab, user) == node
             slots.append(Slot(node, lab.nodes[node], user, direct))
     return slots
 
@@ -392,10 +397,12 @@ async def measure_latency(lab: Lab, ctx: ssl.SSLContext, samples: int, res: Resu
         res.latency[kind] = []
         for i in range(samples):
             user = lab.users[i % len(lab.users)]
-            backend = backend_for(user, names)
-            node = backend
+            home = backend(lab, user)
+            if home not in names:  # --nodes: only users whose backend is a measured node
+                continue
+            node = home
             if kind == "proxied":
-                node = names[(names.index(backend) + 1) % len(names)]
+                node = names[(names.index(home) + 1) % len(names)]
             slot = Slot(node, lab.nodes[node], user, kind == "direct")
             t0 = time.perf_counter()
             try:
@@ -411,7 +418,6 @@ async def measure_latency(lab: Lab, ctx: ssl.SSLContext, samples: int, res: Resu
 async def run(args: argparse.Namespace, lab: Lab) -> Results:
     ctx = tls_context(lab.ca_cert)
     res = Results()
-    names = list(lab.nodes)
     slots = plan(lab, args.sessions, args.per_user)
     for slot in slots:
         res.requested[slot.node] += 1
@@ -437,7 +443,7 @@ async def run(args: argparse.Namespace, lab: Lab) -> Results:
             if s.alive:
                 res.held[s.slot.node] += 1
                 res.held_direct[s.slot.node] += s.slot.direct
-                res.on_backend[backend_for(s.slot.user, names)] += 1
+                res.on_backend[backend(lab, s.slot.user)] += 1
             elif s.dropped:
                 res.failures[f"{s.slot.node}: {s.dropped}"] += 1
     finally:
@@ -648,12 +654,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=50, help="latency samples per kind (50)")
     p.add_argument("--per-user", type=int, default=MAX_PER_USER, help="max per user (20)")
     p.add_argument("--write", type=Path, help="append the results to this Markdown file")
+    p.add_argument("--nodes", help="comma-separated mail nodes to open sessions on (all)")
+    p.add_argument("--json", type=Path, help="write requested/held/failures per node here")
     argv_used = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv_used)
     if not 1 <= args.per_user <= MAX_PER_USER:
         p.error(f"--per-user must be 1..{MAX_PER_USER}")
 
     lab = read_lab()
+    if args.nodes:
+        wanted = args.nodes.split(",")
+        unknown = [n for n in wanted if n not in lab.nodes]
+        if unknown:
+            p.error(f"--nodes: not mail nodes of the lab: {', '.join(unknown)}")
+        lab = Lab(
+            lab.ca_cert,
+            lab.ssh_config,
+            {n: lab.nodes[n] for n in wanted},
+            lab.users,
+            lab.password,
+            tuple(lab.nodes),
+        )
     nofile = raise_nofile()
     if args.sessions + 100 > nofile:
         p.error(f"{args.sessions} sessions need more descriptors than RLIMIT_NOFILE ({nofile})")
@@ -661,6 +682,18 @@ def main(argv: list[str] | None = None) -> int:
     res = asyncio.run(run(args, lab))
     report = table(res, lab, args.sessions)
     print(report)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "requested": dict(res.requested),
+                    "held": dict(res.held),
+                    "failures": dict(res.failures),
+                    "open_seconds": res.open_seconds,
+                },
+                indent=2,
+            )
+        )
     if args.write:
         with args.write.open("a") as f:
             f.write(

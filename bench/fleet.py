@@ -1,0 +1,251 @@
+"""The 20-host figures, on the lab's `full` topology (the production inventory's hosts).
+
+In one run, on this machine (``make bench-fleet``; it takes the lab over, 25-40 minutes):
+
+1. **Floor**: fresh machines (``lab down`` + ``lab up --topology full``), then on all 20
+   at once a bare ``apt-get update && apt-get install`` of the packages the deploy would
+   install on each (by its groups; same package cache): what installing alone costs.
+2. **Fresh deploy**: fresh machines again, then ``pyinfra inventory/lab.py deploy.py``:
+   wall time and operations changed.
+3. **No-op re-run**: the same deploy again: wall time and changed operations (must be 0).
+4. **One-template change, rolled out**: ``python -m mailcluster.rollout`` with one comment
+   line more in dovecot.conf (validated and reloaded on 16 mail nodes, in batches of 25%,
+   each batch health-checked), then rolled back.
+5. **IMAP sessions held per node, tuned vs stock**: ``bench/imap_sessions.py`` against one
+   mail node as deployed, and against another whose dovecot.conf has the deploy's sizing
+   lines removed (so Dovecot's own defaults apply, everything else equal).
+6. **Throughput**: ``bench/smtp_throughput.py``: messages accepted and delivered per second
+   over all 16 mail nodes.
+
+Prints a Markdown table; ``--write BENCHMARKS.md`` appends it with the machine it ran on.
+Nothing else may use the lab meanwhile. At the end the lab is the deployed `full` lab;
+``make lab`` brings back the small one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from labinfo import REPO, lab_info, machine
+
+sys.path.insert(0, str(REPO))
+
+from mailcluster.roles.base import BASE_PACKAGES  # noqa: E402
+from mailcluster.roles.dovecot import PACKAGES as DOVECOT  # noqa: E402
+from mailcluster.roles.exim import PACKAGES as EXIM  # noqa: E402
+from mailcluster.roles.fail2ban import PACKAGES as FAIL2BAN  # noqa: E402
+
+# Debian 12's names (the lab): mailcluster/roles/webmail.py and db.py install these.
+WEBMAIL = ["php8.2-fpm", "php8.2-pgsql", "nginx", "postgresql-client"]
+WEBMAIL += ["roundcube-core", "roundcube-pgsql", *FAIL2BAN]
+PACKAGES = {"mail": [*EXIM, *DOVECOT, *FAIL2BAN], "webmail": WEBMAIL, "db": ["postgresql"]}
+PY = sys.executable
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%T')}] {text}", file=sys.stderr, flush=True)
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    took = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}")
+    return took, out
+
+
+def changed(out: str) -> tuple[int, int]:
+    """(operations that changed something, operations) from pyinfra's Grand total row."""
+    row = next(line for line in out.splitlines() if line.strip().startswith("Grand total"))
+    hosts_ops, success, _error, no_change = row.split()[2:6]
+    n = 0 if success == "-" else int(success)
+    return n, n + (0 if no_change == "-" else int(no_change))
+
+
+def fresh_lab() -> float:
+    timed([PY, "-m", "mailcluster.lab", "down"])
+    took, _ = timed([PY, "-m", "mailcluster.lab", "up", "--topology", "full"])
+    return took
+
+
+def ssh(info: dict[str, Any], name: str, command: str) -> None:
+    proc = subprocess.run(
+        ["ssh", "-F", info["ssh_config"], name, command], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{name}: {command[:80]}... failed:\n{proc.stderr[-2000:]}")
+
+
+def floor(info: dict[str, Any]) -> float:
+    site = Path(info["site_file"]).read_text()
+    proxy = re.search(r"apt_proxy: (\S+)", site)
+    opt = f"-o Acquire::http::Proxy={proxy.group(1)}" if proxy else ""
+
+    def install(h: dict[str, Any]) -> None:
+        pkgs = list(BASE_PACKAGES)
+        for g in h["groups"]:
+            pkgs += PACKAGES.get(g, [])
+        pre = ""
+        if "webmail" in h["groups"]:  # as the role preseeds it: no dbconfig prompt
+            pre = "echo 'roundcube-core roundcube/dbconfig-install boolean false' | "
+            pre += "debconf-set-selections && "
+        ssh(
+            info,
+            h["name"],
+            f"{pre}apt-get {opt} update -qq && DEBIAN_FRONTEND=noninteractive apt-get {opt} "
+            f"install -y -qq --no-install-recommends {' '.join(sorted(set(pkgs)))} >/dev/null",
+        )
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(info["hosts"])) as pool:
+        list(pool.map(install, info["hosts"]))
+    return time.monotonic() - t0
+
+
+def comment_template(folder: Path) -> Path:
+    text = (REPO / "templates" / "dovecot" / "dovecot.conf.j2").read_text()
+    (folder / "dovecot").mkdir(parents=True)
+    (folder / "dovecot" / "dovecot.conf.j2").write_text(text + "\n# changed by bench/fleet.py\n")
+    return folder
+
+
+def stock_template(folder: Path) -> Path:
+    """dovecot.conf without the deploy's sizing: Dovecot's compiled-in defaults apply."""
+    text = (REPO / "templates" / "dovecot" / "dovecot.conf.j2").read_text()
+    kept = [line for line in text.splitlines() if "limits." not in line]
+    (folder / "dovecot").mkdir(parents=True)
+    (folder / "dovecot" / "dovecot.conf.j2").write_text("\n".join(kept) + "\n")
+    return folder
+
+
+def sessions(node: str, count: int, out: Path) -> dict[str, Any]:
+    cmd = [PY, "bench/imap_sessions.py", "--nodes", node, "--sessions", str(count)]
+    cmd += ["--deadline", "180", "--samples", "10", "--json", str(out)]
+    subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=int, default=2000, help="IMAP sessions per node (2000)")
+    ap.add_argument("--messages", type=int, default=1000, help="throughput messages (1000)")
+    ap.add_argument("--write", type=Path, help="append the table to this Markdown file")
+    args = ap.parse_args(argv)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    rows: list[tuple[str, str, str]] = []
+
+    def add(figure: str, value: str, notes: str = "") -> None:
+        rows.append((figure, value, notes))
+
+    deploy = [str(Path(PY).with_name("pyinfra")), "-y", "inventory/lab.py", "deploy.py"]
+
+    log("fresh full lab, then the floor (bare apt-get install on all 20)")
+    up_s = fresh_lab()
+    info = lab_info()
+    floor_s = floor(info)
+    add("`lab up --topology full` (20 machines, warm base image)", f"{up_s:.0f} s", "")
+    rows.append(
+        (
+            "Floor: bare `apt-get install` of the same packages, 20 hosts",
+            f"{floor_s:.0f} s",
+            "same cache, all hosts at once",
+        )
+    )
+
+    log("fresh full lab again, then the fresh deploy")
+    fresh_lab()
+    deploy_s, out = timed(deploy)
+    n, ops = changed(out)
+    rows.append(
+        (
+            "Fresh deploy, 20 hosts",
+            f"{deploy_s:.0f} s",
+            f"{n} of {ops} operations changed; {deploy_s / floor_s:.1f}x the floor",
+        )
+    )
+
+    log("no-op re-run")
+    noop_s, out = timed(deploy)
+    n, ops = changed(out)
+    add("No-op re-run", f"{noop_s:.0f} s", f"{n} of {ops} operations changed")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log("one-template change, rolled out in batches")
+        env = {"MAILCLUSTER_TEMPLATE_PATH": str(comment_template(Path(tmp) / "c"))}
+        roll_s, out = timed([PY, "-m", "mailcluster.rollout", "-i", "inventory/lab.py"], env)
+        batches = len(re.findall(r"batch \d+/\d+: healthy", out))
+        rows.append(
+            (
+                "One-template change (dovecot.conf), rolling deploy",
+                f"{roll_s:.0f} s",
+                f"{batches} batches, each health-checked",
+            )
+        )
+        back_s, _ = timed([PY, "-m", "mailcluster.rollout", "-i", "inventory/lab.py"])
+        add("... and rolled back", f"{back_s:.0f} s", "")
+
+        mail = [h["name"] for h in info["hosts"] if "mail" in h["groups"]]
+        tuned, stock = mail[0], mail[1]
+        log(f"IMAP sessions: {tuned} tuned, {stock} with Dovecot's stock limits")
+        env = {"MAILCLUSTER_TEMPLATE_PATH": str(stock_template(Path(tmp) / "s"))}
+        timed([*deploy, "--limit", stock], env)
+        try:
+            for name, label in ((tuned, "tuned (as deployed)"), (stock, "stock limits")):
+                got = sessions(name, args.sessions, Path(tmp) / f"{name}.json")
+                held = got["held"].get(name, 0)
+                why = ", ".join(f"{k} x{v}" for k, v in list(got["failures"].items())[:2])
+                rows.append(
+                    (
+                        f"IMAP sessions held on one node, {label}",
+                        f"{held} of {args.sessions}",
+                        why[:160],
+                    )
+                )
+        finally:
+            timed([*deploy, "--limit", stock])
+
+    log("throughput over the 16 mail nodes")
+    out_file = Path(tempfile.mkstemp(suffix=".txt")[1])
+    _, out = timed([PY, "bench/smtp_throughput.py", "--messages", str(args.messages)])
+    out_file.write_text(out)
+    rate = re.search(r"Accepted and delivered/s \| \**([0-9.]+)", out)
+    lost = re.search(r"\| Lost \(accepted, not delivered by the deadline\) \| ([0-9]+)", out)
+    rows.append(
+        (
+            f"SMTP: {args.messages} messages accepted and delivered",
+            f"{rate.group(1) if rate else '?'} msg/s",
+            f"lost: {lost.group(1) if lost else '?'} (full output: {out_file})",
+        )
+    )
+
+    table = "| figure | value | notes |\n|---|---|---|\n"
+    table += "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
+    print(table)
+    if args.write:
+        with args.write.open("a") as f:
+            f.write(
+                f"\n## The 20-host figures (`bench/fleet.py`), {started:%Y-%m-%d %H:%M} UTC\n\n"
+                f"Lab `full` topology (the production inventory's 20 hosts as lab machines) "
+                f"on {machine()}. Command: `make bench-fleet`.\n\n{table}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
