@@ -169,27 +169,42 @@ class Slot:
     address: str
     user: str
     direct: bool  # the node is the user's backend (else Dovecot proxies the session)
+    source: str | None = None  # the lab host's address to connect from (None: default)
 
 
-def plan(lab: Lab, sessions: int, per_user_max: int) -> list[Slot]:
+def plan(
+    lab: Lab,
+    sessions: int,
+    per_user_max: int,
+    direct_only: bool = False,
+    sources: list[str] | None = None,
+) -> list[Slot]:
     """Sessions split evenly over the nodes; users split over the nodes (each user's sessions
     on one node only, since a proxied session also counts against the user on its backend);
-    within a node, round robin over its users."""
+    within a node, round robin over its users. ``direct_only``: each node gets only users
+    whose backend it is (no proxying: every session is an ``imap`` process there).
+    ``sources``: the lab host's addresses to spread a user's sessions over (Dovecot's
+    per-user limit counts per client address)."""
     names = list(lab.nodes)
-    users_of = {n: lab.users[i :: len(names)] for i, n in enumerate(names)}
+    srcs: list[str | None] = list(sources) if sources else [None]
+    if direct_only:
+        users_of = {n: [u for u in lab.users if backend(lab, u) == n] for n in names}
+    else:
+        users_of = {n: lab.users[i :: len(names)] for i, n in enumerate(names)}
+    cap = per_user_max * len(srcs)
     slots: list[Slot] = []
     for i, node in enumerate(names):
         count = sessions // len(names) + (1 if i < sessions % len(names) else 0)
         users = users_of[node]
-        if count and (not users or math.ceil(count / len(users)) > per_user_max):
+        if count and (not users or math.ceil(count / len(users)) > cap):
             raise SystemExit(
-                f"{count} sessions on {node} need more than {per_user_max} per user "
-                f"({len(users)} users): at most {per_user_max * len(lab.users)} in all"
+                f"{count} sessions on {node} need more than {cap} per user "
+                f"({len(users)} users, {len(srcs)} client addresses)"
             )
         for k in range(count):
             user = users[k % len(users)]
-            direct = backend(lab, user) == node
-            slots.append(Slot(node, lab.nodes[node], user, direct))
+            src = srcs[(k // len(users)) % len(srcs)]
+            slots.append(Slot(node, lab.nodes[node], user, backend(lab, user) == node, src))
     return slots
 
 
@@ -219,7 +234,13 @@ async def connect_login(
     slot: Slot, password: str, ctx: ssl.SSLContext
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(slot.address, PORT, ssl=ctx), STEP_TIMEOUT_S
+        asyncio.open_connection(
+            slot.address,
+            PORT,
+            ssl=ctx,
+            local_addr=(slot.source, 0) if slot.source else None,
+        ),
+        STEP_TIMEOUT_S,
     )
     try:
         greeting = await asyncio.wait_for(reader.readline(), STEP_TIMEOUT_S)
@@ -418,7 +439,8 @@ async def measure_latency(lab: Lab, ctx: ssl.SSLContext, samples: int, res: Resu
 async def run(args: argparse.Namespace, lab: Lab) -> Results:
     ctx = tls_context(lab.ca_cert)
     res = Results()
-    slots = plan(lab, args.sessions, args.per_user)
+    sources = args.sources.split(",") if args.sources else None
+    slots = plan(lab, args.sessions, args.per_user, args.direct_only, sources)
     for slot in slots:
         res.requested[slot.node] += 1
 
@@ -656,6 +678,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", type=Path, help="append the results to this Markdown file")
     p.add_argument("--nodes", help="comma-separated mail nodes to open sessions on (all)")
     p.add_argument("--json", type=Path, help="write requested/held/failures per node here")
+    p.add_argument(
+        "--direct-only", action="store_true", help="only users whose backend the node is"
+    )
+    p.add_argument("--sources", help="comma-separated lab host addresses to connect from")
     argv_used = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv_used)
     if not 1 <= args.per_user <= MAX_PER_USER:
