@@ -46,7 +46,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from labinfo import REPO, lab_info
+
 HOMES = Path("/var/lib/mclab/homes")
 OVER_QUOTA_USER = "heidi"
 MARK = "# changed by bench/nothing_lost.py"
@@ -54,17 +55,6 @@ MARK = "# changed by bench/nothing_lost.py"
 
 def log(text: str) -> None:
     print(f"[{time.strftime('%T')}] {text}", flush=True)
-
-
-def lab_info() -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "mailcluster.lab", "info", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
 
 
 def ssh(lab: dict[str, Any], node: str, command: str) -> subprocess.CompletedProcess[str]:

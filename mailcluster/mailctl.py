@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -68,25 +69,27 @@ def set_password(inventory: str, user: str, password: str) -> None:
     push(inventory)
 
 
-def push(inventory: str) -> None:
+def _run_deploy(inventory: str, deploy_file: str, limit: str, failure: str) -> None:
+    """``pyinfra -y INVENTORY deploy_file --limit limit``; MailctlError(failure + the
+    end of pyinfra's output) if it fails."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pyinfra",
-            "-y",
-            inventory,
-            "mailcluster/deploys/passdb.py",
-            "--limit",
-            "mail",
-        ],
+        [sys.executable, "-m", "pyinfra", "-y", inventory, deploy_file, "--limit", limit],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise MailctlError(f"pushing the passdb failed (the store has the new hash):\n{tail}")
+        raise MailctlError(f"{failure}:\n{tail}")
+
+
+def push(inventory: str) -> None:
+    _run_deploy(
+        inventory,
+        "mailcluster/deploys/passdb.py",
+        "mail",
+        "pushing the passdb failed (the store has the new hash)",
+    )
 
 
 def drain(inventory: str, node: str) -> None:
@@ -100,16 +103,7 @@ def drain(inventory: str, node: str) -> None:
             f"{node}: not marked draining; set `draining: true` on it in the site file and "
             "run the deploy first (docs/RUNBOOK.md, remove a mail node)"
         )
-    proc = subprocess.run(
-        [sys.executable, "-m", "pyinfra", "-y", inventory, "mailcluster/deploys/drain.py"]
-        + ["--limit", node],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise MailctlError(f"{node} is not drained:\n{tail}")
+    _run_deploy(inventory, "mailcluster/deploys/drain.py", node, f"{node} is not drained")
 
 
 def read_new_password(from_stdin: bool) -> str:
@@ -123,6 +117,8 @@ def read_new_password(from_stdin: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `mailctl users | head`: end quietly when the reader goes away.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = argparse.ArgumentParser(
         prog="mailctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
