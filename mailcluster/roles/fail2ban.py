@@ -68,4 +68,15 @@ def fail2ban() -> None:
         )
     )
     systemd.service(name="Run fail2ban", service="fail2ban", running=True, enabled=True)
-    service_action("Reload fail2ban", "fail2ban", "reload", changed)
+    # The unit is Type=simple: right after a start, `fail2ban-client reload` may come
+    # before the server listens. Wait for it (it answers ping once its jails are up).
+    service_action(
+        "Reload fail2ban",
+        "fail2ban",
+        "reload",
+        changed,
+        command=(
+            "timeout 120 sh -c 'until fail2ban-client ping >/dev/null 2>&1; do sleep 1; done'"
+            " && systemctl reload fail2ban"
+        ),
+    )
