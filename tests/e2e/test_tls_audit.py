@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TARGET
 
-OUT = REPO / "artifacts" / "tls-audit"
+# One folder per target: a Vagrant run must not overwrite the lab's summary.
+OUT = REPO / "artifacts" / ("tls-audit" if TARGET == "lab" else f"tls-audit-{TARGET}")
 SEVERE = {"MEDIUM", "HIGH", "CRITICAL"}
 # What a private CA cannot have. Everything else MEDIUM or worse is a failure.
 ALLOWED = {
