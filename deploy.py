@@ -13,21 +13,21 @@ from mailcluster.roles.exim import exim
 from mailcluster.roles.fail2ban import fail2ban
 from mailcluster.roles.webmail import webmail
 
-# Each group's roles, in order. Exim first on mail nodes: it creates the Debian-exim
-# group that the TLS key and Dovecot's auth socket for Exim belong to. Groups run in
-# sorted order, so a host in both `db` and `webmail` has its database before RoundCube.
-# Brute-force protection last: it reads the logs of the services before it. A role
-# shared by two groups of a host runs once.
-ROLES = {
-    "db": [db],
-    "mail": [exim, dovecot, fail2ban],
-    "webmail": [webmail, fail2ban],
-}
-
+# Each role is called from its own line: pyinfra orders operations across hosts by the
+# line numbers of their calls, so roles called from one line in a loop would interleave
+# by their line numbers inside the role modules (and hosts with different groups then
+# form ordering cycles). The order: the database before RoundCube (a host may be both);
+# Exim before Dovecot (it creates the Debian-exim group that the TLS key and Dovecot's
+# auth socket for Exim belong to); brute-force protection last, once per host (it reads
+# the logs of the services before it).
+groups = set(host.groups)
 base()
-done = set()
-for group in sorted(host.groups):
-    for role in ROLES.get(group, []):
-        if role not in done:
-            done.add(role)
-            role()
+if "db" in groups:
+    db()
+if "mail" in groups:
+    exim()
+    dovecot()
+if "webmail" in groups:
+    webmail()
+if groups & {"mail", "webmail"}:
+    fail2ban()

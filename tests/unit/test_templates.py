@@ -112,6 +112,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "chrony/default.j2": {"in_container": False},
     "chrony/unit-override.conf.j2": {"in_container": True},
     "ssh/10-mailcluster.conf.j2": {},
+    "exim4/reload.sh.j2": {"ports": [25, 465, 587]},
     "fail2ban/jail.conf.j2": fail2ban.jail_context(SITE, "mail01", ["mail", "webmail"]),
     "fail2ban/mailcluster-auth.conf.j2": {},
     "fail2ban/mailcluster-webmail.conf.j2": {},

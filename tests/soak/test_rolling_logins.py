@@ -1,4 +1,8 @@
-"""No failed login during a rolling deploy: a client logs in every 100 ms through each
+"""(Not part of `make test` yet: `make soak`. It still fails about one attempt in 300: a
+TLS handshake cut by Dovecot's reload, or a connection refused while Exim re-executes;
+see the README. It is kept as it is, the gate the product has to pass.)
+
+No failed login during a rolling deploy: a client logs in every 100 ms through each
 mail node (IMAPS and SMTP submission, in turn) while a rollout changes Dovecot's and
 Exim's configuration on every node, and again while a second rollout changes it back."""
 
