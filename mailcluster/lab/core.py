@@ -92,15 +92,34 @@ def _host_entries(ms: list[Machine], draining: set[str]) -> list[dict[str, Any]]
     return out
 
 
-def _check_password_file() -> Path:
-    """The rolling deploy's health-check login: the first test user's password, 0600."""
-    path = config.SECRETS / "rollout-check-password"
-    password = accounts()[0]["password"]
-    if not path.exists() or path.read_text().strip() != password:
+def exercise_settings(
+    gateway: str, first_client: str, secrets_dir: Path, check_password: str
+) -> dict[str, Any]:
+    """The site sections a test cluster (the lab, the Vagrant cluster) sets for its tests:
+    brute-force limits short enough for a test to see a ban expire, and the rolling
+    deploy's check account (its password written 0600 to ``secrets_dir``)."""
+    path = secrets_dir / "rollout-check-password"
+    if not path.exists() or path.read_text().strip() != check_password:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(password + "\n")
-    return path
+            fh.write(check_password + "\n")
+    return {
+        # Never banned: the host's own address on the cluster's network (most tests, the
+        # sink) and the first client address (the matrix tests' deliberate wrong
+        # passwords); the brute-force test uses the others.
+        "bruteforce": {
+            "max_failures": 5,
+            "window_s": 600,
+            "ban_s": 45,
+            "ignore": [f"{gateway}/32", f"{first_client}/32"],
+        },
+        # The small topology has 2 mail nodes: 25% makes batches of one node.
+        "rollout": {
+            "batch_percent": 25,
+            "check_user": config.TEST_USERS[0],
+            "check_password_file": str(path),
+        },
+    }
 
 
 def _write_site(
@@ -117,21 +136,12 @@ def _write_site(
         "unattended_upgrades": True,
         "tls": {"ca_cert": str(ca), "cert": str(cert), "key": str(key)},
         "secrets_dir": str(config.SECRETS / "site"),
-        # Short enough for a test to see a ban expire. Never banned: the lab host's own
-        # address (most tests, the sink) and the first client address (the matrix
-        # tests' deliberate wrong passwords); the brute-force test uses the others.
-        "bruteforce": {
-            "max_failures": 5,
-            "window_s": 600,
-            "ban_s": 45,
-            "ignore": [f"{config.GATEWAY}/32", f"{config.CLIENT_ADDRESSES[0]}/32"],
-        },
-        # The small lab has 2 mail nodes: 25% makes batches of one node.
-        "rollout": {
-            "batch_percent": 25,
-            "check_user": config.TEST_USERS[0],
-            "check_password_file": str(_check_password_file()),
-        },
+        **exercise_settings(
+            str(config.GATEWAY),
+            config.CLIENT_ADDRESSES[0],
+            config.SECRETS,
+            accounts()[0]["password"],
+        ),
     }
     header = (
         "# Written by `python -m mailcluster.lab up` (and add/drain/remove); "

@@ -21,6 +21,7 @@ import yaml
 from mailcluster import accounts as accounts_mod
 from mailcluster.lab import config as lab_config
 from mailcluster.lab import pki
+from mailcluster.lab.core import exercise_settings
 from mailcluster.lab.machines import _ssh_ready
 from mailcluster.lab.system import LabError, log, run, wait_until
 from mailcluster.lab.topology import machines as topology_machines
@@ -190,17 +191,6 @@ def ssh(name: str, command: str, input: str | None = None) -> str:
 # -- site -------------------------------------------------------------------------------
 
 
-def _check_password_file() -> str:
-    """The rolling deploy's health-check login: the first test user's password, 0600."""
-    path = config.SECRETS / "rollout-check-password"
-    password = accounts()[0]["password"]
-    if not path.exists() or path.read_text().strip() != password:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(password + "\n")
-    return str(path)
-
-
 def _write_site(hosts: list[dict[str, Any]]) -> None:
     names = [f"{s}.{config.DOMAIN}" for s in ("imap", "smtp", "webmail")]
     names += [f"{h['name']}.{config.DOMAIN}" for h in hosts] + [h["name"] for h in hosts]
@@ -217,21 +207,12 @@ def _write_site(hosts: list[dict[str, Any]]) -> None:
         "unattended_upgrades": True,
         "tls": {"ca_cert": str(ca), "cert": str(cert), "key": str(key)},
         "secrets_dir": str(config.SECRETS / "site"),
-        # The lab's limits (tests/e2e/test_bruteforce.py reads them from here). Never
-        # banned: the host's address on the private network (most tests, the sink) and
-        # the first client address (the matrix tests' deliberate wrong passwords).
-        "bruteforce": {
-            "max_failures": 5,
-            "window_s": 600,
-            "ban_s": 45,
-            "ignore": [f"{config.GATEWAY}/32", f"{config.CLIENT_ADDRESSES[0]}/32"],
-        },
-        # As the lab's: the small topology's 2 mail nodes go one at a time.
-        "rollout": {
-            "batch_percent": 25,
-            "check_user": config.TEST_USERS[0],
-            "check_password_file": _check_password_file(),
-        },
+        **exercise_settings(
+            str(config.GATEWAY),
+            config.CLIENT_ADDRESSES[0],
+            config.SECRETS,
+            accounts()[0]["password"],
+        ),
     }
     header = "# Written by `python -m mailcluster.vagrant up`; regenerated on every up.\n"
     config.SITE_FILE.write_text(header + yaml.safe_dump(site, sort_keys=False))
