@@ -16,6 +16,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from mailcluster import accounts, sizing, tlsprofile
 from mailcluster.ops import managed_file, service_action
+from mailcluster.roles.base import RELOAD_SCRIPT
 from mailcluster.roles.tls import install_tls
 from mailcluster.site import Site
 
@@ -217,4 +218,13 @@ def dovecot() -> None:
         command="systemctl daemon-reload && systemctl restart dovecot",
     )
     systemd.service(name="Run Dovecot", service="dovecot", running=True, enabled=True)
-    service_action("Reload Dovecot", "dovecot", "reload", [conf, masterdb, *tls_ops])
+    # SIGHUP: sessions and logins in progress carry on; mailcluster-reload holds new
+    # connections back and lets logins under way finish first (a login handed to an imap
+    # process of the old configuration at the moment of the SIGHUP fails).
+    service_action(
+        "Reload Dovecot",
+        "dovecot",
+        "reload",
+        [conf, masterdb, *tls_ops],
+        command=f"sh {RELOAD_SCRIPT} dovecot",
+    )

@@ -10,6 +10,7 @@ from pyinfra.operations import apt, files, systemd
 
 from mailcluster import accounts, sizing, tlsprofile
 from mailcluster.ops import managed_file, service_action
+from mailcluster.roles.base import RELOAD_SCRIPT
 from mailcluster.roles.tls import install_tls
 from mailcluster.site import Site
 
@@ -18,8 +19,6 @@ CONF_DIR = "/etc/exim4/mailcluster"
 BACKENDS = f"{CONF_DIR}/backends"
 # Dovecot's auth listener for Exim (defined in dovecot.conf, group Debian-exim).
 AUTH_SOCKET = "/run/dovecot/auth-exim"
-RELOAD_SCRIPT = "/usr/local/sbin/mailcluster-exim-reload"
-SMTP_PORTS = [25, 465, 587]
 # Debian's default is 30 minutes: a deferred hand-off between nodes (one reloading, one
 # rebooting) would wait that long. Queue runs over an empty queue cost next to nothing.
 QUEUE_INTERVAL = "2m"
@@ -50,13 +49,11 @@ def exim() -> None:
     limits = sizing.exim(host.get_fact(Cpus) or 1, int(host.get_fact(Memory) or 1024))
 
     apt.packages(name="Install Exim and procmail", packages=PACKAGES, no_recommends=True)
-    managed_file(
-        name="Exim's reload without refused connections",
-        dest=RELOAD_SCRIPT,
-        template="exim4/reload.sh.j2",
-        context={"ports": SMTP_PORTS},
-        mode="755",
-        validate="sh -n {path}",
+    # Replaced by the base role's mailcluster-reload (one script for Exim and Dovecot).
+    files.file(
+        name="No Exim-only reload script",
+        path="/usr/local/sbin/mailcluster-exim-reload",
+        present=False,
     )
     tls_ops = install_tls()
 
@@ -96,10 +93,9 @@ def exim() -> None:
     service_action("Restart Exim (new daemon options)", "exim4", "restart", [defaults])
     # SIGHUP: the daemon re-executes itself with the new configuration; queued mail and
     # connections in progress are untouched, and new ones wait a moment instead of being
-    # refused while it re-executes (the script holds their SYNs back; found by
-    # tests/deploy/test_rolling_logins.py: 1 refused connection in 308 during a rollout).
+    # refused while it re-executes (mailcluster-reload holds their SYNs back).
     service_action(
-        "Reload Exim", "exim4", "reload", [conf, *tls_ops], command=f"sh {RELOAD_SCRIPT}"
+        "Reload Exim", "exim4", "reload", [conf, *tls_ops], command=f"sh {RELOAD_SCRIPT} exim4"
     )
 
 

@@ -10,7 +10,7 @@ import jinja2
 import pytest
 
 from mailcluster import site, sizing, templating, tlsprofile
-from mailcluster.roles import fail2ban
+from mailcluster.roles import base, fail2ban
 from tests.conftest import REPO
 
 SITE = site.load(REPO / "tests" / "fixtures" / "sites" / "loopback.yaml")
@@ -112,7 +112,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "chrony/default.j2": {"in_container": False},
     "chrony/unit-override.conf.j2": {"in_container": True},
     "ssh/10-mailcluster.conf.j2": {},
-    "exim4/reload.sh.j2": {"ports": [25, 465, 587]},
+    "base/reload.sh.j2": {"services": base.RELOAD_PORTS},
     "fail2ban/jail.conf.j2": fail2ban.jail_context(SITE, "mail01", ["mail", "webmail"]),
     "fail2ban/mailcluster-auth.conf.j2": {},
     "fail2ban/mailcluster-webmail.conf.j2": {},
