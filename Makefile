@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TOPOLOGY ?= small
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: lab deploy test lint unit down purge host-deps venv info bench bench-fleet soak vagrant-test vagrant-up vagrant-destroy
+.PHONY: lab deploy test lint unit down purge host-deps venv info bench bench-fleet vagrant-test vagrant-up vagrant-destroy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,11 +51,6 @@ down: venv
 ## purge: down, and remove caches (base image, packages) and generated lab secrets
 purge: venv
 	$(PY) -m mailcluster.lab down --purge
-
-## soak: tests the product does not pass reliably yet (not part of `make test`):
-## no failed login through any mail node while a rollout changes every node.
-soak: lab
-	$(PY) -m pytest -q tests/soak
 
 ## bench: the benchmarks (not part of `make test`); figures go to BENCHMARKS.md
 bench: lab

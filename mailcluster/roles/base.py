@@ -6,7 +6,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
-from mailcluster import platform
+from mailcluster import platform, reloads
 from mailcluster.ops import managed_file, service_action
 from mailcluster.site import Site
 
@@ -20,12 +20,6 @@ BASE_PACKAGES = [
     "openssh-server",
     "nftables",
 ]
-# `mailcluster-reload exim4|dovecot`: reloads a mail daemon without failing a client
-# (templates/base/reload.sh.j2 says how). Found by tests/deploy/test_rolling_logins.py:
-# a plain reload refused an SMTP connection, and cut 3 or 4 IMAP logins at 10/s.
-RELOAD_SCRIPT = "/usr/local/sbin/mailcluster-reload"
-# The ports whose new connections wait during a reload, by service.
-RELOAD_PORTS = {"exim4": [25, 465, 587], "dovecot": [143, 993]}
 # A day: packages change rarely; a run within that reuses the index (and reports no change).
 APT_CACHE_SECONDS = 86400
 
@@ -77,9 +71,9 @@ def base() -> None:
 
     managed_file(
         name="The reload without failed connections (mailcluster-reload)",
-        dest=RELOAD_SCRIPT,
+        dest=reloads.SCRIPT,
         template="base/reload.sh.j2",
-        context={"services": RELOAD_PORTS},
+        context=reloads.script_context(),
         mode="755",
         validate="sh -n {path}",
     )

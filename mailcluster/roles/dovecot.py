@@ -14,9 +14,8 @@ from pyinfra.facts.files import FileContents
 from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, server, systemd
 
-from mailcluster import accounts, sizing, tlsprofile
+from mailcluster import accounts, reloads, sizing, tlsprofile
 from mailcluster.ops import managed_file, service_action
-from mailcluster.roles.base import RELOAD_SCRIPT
 from mailcluster.roles.tls import install_tls
 from mailcluster.site import Site
 
@@ -226,5 +225,5 @@ def dovecot() -> None:
         "dovecot",
         "reload",
         [conf, masterdb, *tls_ops],
-        command=f"sh {RELOAD_SCRIPT} dovecot",
+        command=reloads.command("dovecot"),
     )

@@ -8,17 +8,15 @@ from pyinfra.api import deploy
 from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, systemd
 
-from mailcluster import accounts, sizing, tlsprofile
+from mailcluster import accounts, reloads, sizing, tlsprofile
 from mailcluster.ops import managed_file, service_action
-from mailcluster.roles.base import RELOAD_SCRIPT
 from mailcluster.roles.tls import install_tls
 from mailcluster.site import Site
 
 PACKAGES = ["exim4-daemon-heavy", "procmail"]
 CONF_DIR = "/etc/exim4/mailcluster"
 BACKENDS = f"{CONF_DIR}/backends"
-# Dovecot's auth listener for Exim (defined in dovecot.conf, group Debian-exim).
-AUTH_SOCKET = "/run/dovecot/auth-exim"
+AUTH_SOCKET = reloads.EXIM_AUTH_SOCKET
 # Debian's default is 30 minutes: a deferred hand-off between nodes (one reloading, one
 # rebooting) would wait that long. Queue runs over an empty queue cost next to nothing.
 QUEUE_INTERVAL = "2m"
@@ -95,7 +93,7 @@ def exim() -> None:
     # connections in progress are untouched, and new ones wait a moment instead of being
     # refused while it re-executes (mailcluster-reload holds their SYNs back).
     service_action(
-        "Reload Exim", "exim4", "reload", [conf, *tls_ops], command=f"sh {RELOAD_SCRIPT} exim4"
+        "Reload Exim", "exim4", "reload", [conf, *tls_ops], command=reloads.command("exim4")
     )
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import jinja2
 import pytest
 
-from mailcluster import site, sizing, templating, tlsprofile
-from mailcluster.roles import base, fail2ban
+from mailcluster import reloads, site, sizing, templating, tlsprofile
+from mailcluster.roles import fail2ban
 from tests.conftest import REPO
 
 SITE = site.load(REPO / "tests" / "fixtures" / "sites" / "loopback.yaml")
@@ -112,7 +112,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "chrony/default.j2": {"in_container": False},
     "chrony/unit-override.conf.j2": {"in_container": True},
     "ssh/10-mailcluster.conf.j2": {},
-    "base/reload.sh.j2": {"services": base.RELOAD_PORTS},
+    "base/reload.sh.j2": reloads.script_context(),
     "fail2ban/jail.conf.j2": fail2ban.jail_context(SITE, "mail01", ["mail", "webmail"]),
     "fail2ban/mailcluster-auth.conf.j2": {},
     "fail2ban/mailcluster-webmail.conf.j2": {},
