@@ -10,6 +10,8 @@ SMTP AUTH with 435 while Dovecot re-created the auth socket Exim asks."""
 
 from __future__ import annotations
 
+from typing import Any
+
 SCRIPT = "/usr/local/sbin/mailcluster-reload"
 SMTP_PORTS = [25, 465, 587]
 IMAP_PORTS = [143, 993]
@@ -28,5 +30,6 @@ def command(service: str) -> str:
     return f"sh {SCRIPT} {service}"
 
 
-def script_context() -> dict[str, object]:
+def script_context() -> dict[str, Any]:
+    """What templates/base/reload.sh.j2 is rendered with."""
     return {"services": HELD_PORTS, "auth_socket": EXIM_AUTH_SOCKET}
