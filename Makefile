@@ -57,6 +57,7 @@ bench: lab
 	$(PY) bench/imap_sessions.py --sessions 4000
 	$(PY) bench/smtp_throughput.py --messages 1000
 	$(PY) bench/nothing_lost.py --messages 1000
+	$(PY) bench/reload_hold.py --reloads 10
 
 ## bench-fleet: the 20-host figures on the `full` lab (takes the lab over, 25-40 min);
 ## appends a table to BENCHMARKS.md. `make lab` brings the small lab back afterwards.
