@@ -43,7 +43,8 @@ def managed_banner(source: str, comment: str = "#") -> str:
 
 
 def render(template: str, comment: str = "#", banner: bool = True, **context: Any) -> str:
-    """Render ``templates/<template>`` with the banner first (``comment`` is its marker)."""
+    """Render ``templates/<template>`` with the banner first (``comment`` is its marker;
+    after the ``#!`` line of a script)."""
     tmpl = _environment().get_template(template)
     body = tmpl.render(**context)
     path = Path(tmpl.filename or template)
@@ -52,4 +53,9 @@ def render(template: str, comment: str = "#", banner: bool = True, **context: An
         if path.is_relative_to(TEMPLATES.parent)
         else str(path)
     )
-    return (managed_banner(source, comment) if banner else "") + body
+    if not banner:
+        return body
+    if body.startswith("#!"):  # a script's interpreter line stays first
+        shebang, _, rest = body.partition("\n")
+        return f"{shebang}\n{managed_banner(source, comment)}{rest}"
+    return managed_banner(source, comment) + body

@@ -76,6 +76,13 @@ def test_managed_files_carry_the_banner_naming_their_template(host, path: str) -
     assert "overwritten" in head[1]
 
 
+def test_the_reload_script_runs_by_itself_and_names_its_services(host) -> None:
+    script = host.file("/usr/local/sbin/mailcluster-reload")
+    assert script.mode == 0o755 and script.content_string.startswith("#!/bin/sh\n")
+    usage = host.run("/usr/local/sbin/mailcluster-reload")
+    assert usage.rc == 2 and "usage: mailcluster-reload exim4|dovecot" in usage.stderr
+
+
 def test_unattended_security_updates_are_enabled(host) -> None:
     assert host.package("unattended-upgrades").is_installed
     conf = host.run("apt-config dump APT::Periodic").stdout
