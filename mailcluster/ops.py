@@ -98,6 +98,15 @@ def _pending_action(service: str, action: str, command: str):
         yield StringCommand(f"{command} && rm -f {marker}")
 
 
+def restart_with_retry(command: str) -> str:
+    """A restart tried once more after 2 s if it fails. systemd in a container sometimes
+    fails to re-create a unit's cgroup right after stopping it ("Failed to attach to
+    cgroup /system.slice/exim4.service: No such file or directory", status 219/CGROUP:
+    both lab mail nodes once, in a fresh deploy), which left the service stopped. A
+    configuration the service refuses fails twice, and the deploy with it."""
+    return f"{{ {command}; }} || {{ sleep 2 && {command}; }}"
+
+
 def service_action(
     name: str, service: str, action: str, changed: list[Any], command: str | None = None
 ) -> None:
@@ -108,6 +117,8 @@ def service_action(
     from pyinfra.operations.util import any_changed
 
     command = command or f"systemctl {action} {service}"
+    if action == "restart":
+        command = restart_with_retry(command)
     marker = f"{PENDING}/{service}.{action}"
     server.shell(name=name, commands=[f"{command} && rm -f {marker}"], _if=any_changed(*changed))
     _pending_action(

@@ -1,5 +1,6 @@
-"""mailcluster-reload's order of steps, run with stand-ins for ps, pgrep, nft, systemctl
-and sleep (tests/e2e/test_reload.py runs the real thing under a stream of logins)."""
+"""How the deploy reloads and restarts services. mailcluster-reload's order of steps is run
+here with stand-ins for ps, pgrep, ss, nft, systemctl and sleep (tests/e2e/test_reload.py
+runs the real thing under a stream of logins); a restart is tried once more."""
 
 from __future__ import annotations
 
@@ -128,3 +129,15 @@ def test_an_unknown_service_is_refused_before_anything_is_held(tmp_path: Path) -
     rc, calls, err = run_script(tmp_path, "postfix")
     assert rc == 2 and "usage: mailcluster-reload exim4|dovecot" in err
     assert calls == []
+
+
+def test_a_restart_is_tried_once_more_and_a_second_failure_still_fails(tmp_path: Path) -> None:
+    from mailcluster.ops import restart_with_retry
+
+    tries = tmp_path / "tries"
+    flaky = f"echo x >> {tries}; [ $(wc -l < {tries}) -ge 2 ]"  # fails once, then works
+    assert subprocess.run(["sh", "-c", restart_with_retry(flaky)]).returncode == 0
+    assert tries.read_text().count("x") == 2
+    assert subprocess.run(["sh", "-c", restart_with_retry("false")]).returncode != 0
+    combined = restart_with_retry("systemctl daemon-reload && systemctl restart chrony")
+    assert combined.startswith("{ systemctl daemon-reload && systemctl restart chrony; } ||")
