@@ -112,6 +112,15 @@ class BruteForce(_Strict):
     ignore: list[ipaddress.IPv4Network] = Field(default_factory=list)
 
 
+class Webmail(_Strict):
+    """The webmail hosts' RoundCube."""
+
+    # Install a RoundCube that has known, exploited holes (mailcluster/webmail_security.py)
+    # all the same. For tests of the RoundCube 1.4 code path on throw-away machines only:
+    # production never sets it; the deploy prints a warning on every run that does.
+    allow_known_vulnerable_roundcube: bool = False
+
+
 class TLS(_Strict):
     """Paths on the machine running the deploy; the files never live in the repo."""
 
@@ -154,6 +163,7 @@ class Site(_Strict):
     backend_overrides: dict[str, HostName] = Field(default_factory=dict)
     rollout: Rollout = Field(default_factory=Rollout)
     bruteforce: BruteForce = Field(default_factory=BruteForce)
+    webmail: Webmail = Field(default_factory=Webmail)
 
     @field_validator("timezone")
     @classmethod

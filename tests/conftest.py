@@ -53,6 +53,21 @@ ALLOWED_CELLS = [
 ]
 
 
+def platform_of(host) -> Any:  # noqa: ANN001 - a testinfra Host
+    """The host's platform facts (mailcluster.platform), read from its /etc/os-release:
+    tests ask it for PHP's and PostgreSQL's versions instead of hard-coding one distro's."""
+    from mailcluster.platform import Platform
+
+    release = dict(
+        line.split("=", 1)
+        for line in host.file("/etc/os-release").content_string.splitlines()
+        if "=" in line
+    )
+    distro = release["NAME"].strip('"').split()[0]
+    major = int(release["VERSION_ID"].strip('"').split(".")[0])
+    return Platform(distro=distro, major=major, container="systemd-nspawn")
+
+
 def node_address(lab: dict[str, Any], name: str) -> str:
     return next(h["address"] for h in lab["hosts"] if h["name"] == name)
 

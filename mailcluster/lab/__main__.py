@@ -8,6 +8,7 @@ import re
 import sys
 
 from mailcluster.lab import config, core, homes
+from mailcluster.lab.platforms import DEFAULT, PLATFORMS, WEBMAIL_FALLBACK
 from mailcluster.lab.system import LabError
 from mailcluster.lab.topology import TOPOLOGIES
 
@@ -28,6 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="boot the lab (idempotent; clears a killed run's leftovers)")
     p_up.add_argument("--topology", choices=TOPOLOGIES, default="small")
+    p_up.add_argument(
+        "--platform",
+        choices=PLATFORMS,
+        default=DEFAULT,
+        help=f"the machines' OS (default: {DEFAULT}, production's)",
+    )
+    p_up.add_argument(
+        "--webmail-platform",
+        choices=PLATFORMS,
+        help="webmail hosts' OS (default: the platform's own where its RoundCube has the "
+        f"known security fixes, else {WEBMAIL_FALLBACK})",
+    )
     p_down = sub.add_parser("down", help="stop the lab and remove everything it made")
     p_down.add_argument(
         "--purge",
@@ -43,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p_add = sub.add_parser("add", help="boot one more machine (e.g. a third mail node)")
     p_add.add_argument("name")
     p_add.add_argument("--groups", default="mail", help="comma-separated (default: mail)")
+    p_add.add_argument("--platform", choices=PLATFORMS, help="its OS (default: the lab's)")
     p_drain = sub.add_parser("drain", help="mark a mail node draining in the lab's site file")
     p_drain.add_argument("name")
     p_rm = sub.add_parser("remove", help="power a (drained) machine off and delete it")
@@ -52,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "up":
-            core.up(args.topology)
+            core.up(args.topology, args.platform, args.webmail_platform)
         elif args.cmd == "down":
             core.down(purge=args.purge)
         elif args.cmd == "status":
@@ -65,16 +79,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(data, indent=2))
             else:
                 print(f"domain     {data['domain']}\nCA         {data['ca_cert']}")
+                print(f"platform   {data['platform']}")
                 print(f"ssh        ssh -F {data['ssh_config']} NAME")
                 for h in data["hosts"]:
-                    print(f"host       {h['name']:<12} {h['address']:<12} {','.join(h['groups'])}")
+                    print(
+                        f"host       {h['name']:<12} {h['address']:<12} "
+                        f"{','.join(h['groups']):<12} {h['platform']}"
+                    )
                 for k, v in data["endpoints"].items():
                     print(f"{k:<10} {v}")
                 for a in data["accounts"]:
                     print(f"account    {a['user']} {a['password']}")
                 print(f"sink       {data['sink']} (SMTP {data['sink_smtp']})")
         elif args.cmd == "add":
-            core.add(args.name, [g for g in args.groups.split(",") if g])
+            core.add(args.name, [g for g in args.groups.split(",") if g], args.platform)
         elif args.cmd == "drain":
             core.drain(args.name)
         elif args.cmd == "remove":

@@ -42,10 +42,7 @@ FIRST_HOST = 11  # .11, .12, ... in topology order
 CLIENT_ADDRESSES = [str(SUBNET.network_address + i) for i in range(2, 10)]
 DOMAIN = "mailcluster.test"  # RFC 2606: .test never resolves outside.
 
-# Debian 12, as the lab runs it (DESIGN.md). The mirror is the one this host's apt uses.
-SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
-SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# Platforms (distribution, suite, mirror, signing keys): mailcluster/lab/platforms.py.
 # What a fresh cloud VM has before any deploy: systemd, sshd, networking, CA roots.
 BASE_PACKAGES = [
     "systemd",

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from mailcluster import accounts as accounts_mod
-from mailcluster.lab import config, daemons, homes, image, machines, net, pki
+from mailcluster import webmail_security
+from mailcluster.lab import config, daemons, homes, image, machines, net, pki, platforms
 from mailcluster.lab.system import LabError, log, mounts_under, ok, run
 from mailcluster.lab.topology import Machine
 from mailcluster.lab.topology import machines as topology_machines
@@ -83,6 +84,8 @@ def bench_accounts() -> dict[str, Any]:
 
 
 def _host_entries(ms: list[Machine], draining: set[str]) -> list[dict[str, Any]]:
+    """The site file's host entries (the same schema production uses: no platform; the
+    deploy reads each host's OS from the host itself)."""
     out = []
     for m in ms:
         entry: dict[str, Any] = {"name": m.name, "address": m.address, "groups": list(m.groups)}
@@ -147,6 +150,22 @@ def _write_site(
         "# Written by `python -m mailcluster.lab up` (and add/drain/remove); "
         "regenerated on every up.\n"
     )
+    unsafe = sorted(
+        {m.platform for m in ms if "webmail" in m.groups}
+        - {
+            p
+            for p in platforms.PLATFORMS
+            if webmail_security.platform_has_fixes(platforms.get(p).distro, platforms.get(p).major)
+        }
+    )
+    if unsafe:
+        # Only when asked for (`up --webmail-platform`, `add --platform`): a lab that
+        # tests RoundCube's old code path. Never the lab's default layout.
+        site["webmail"] = {"allow_known_vulnerable_roundcube": True}
+        header += (
+            f"# WARNING: webmail hosts on {', '.join(unsafe)}, whose RoundCube has known "
+            "exploited holes (mailcluster/webmail_security.py): installed anyway for tests.\n"
+        )
     config.SITE_FILE.write_text(header + yaml.safe_dump(site, sort_keys=False))
 
 
@@ -207,7 +226,7 @@ def _owned(state: dict[str, Any]) -> bool:
 def _healthy(state: dict[str, Any] | None, topology: str) -> bool:
     if not state or state.get("topology") != topology or not _owned(state):
         return False
-    ms = [Machine(h["name"], h["address"], tuple(h["groups"])) for h in state["hosts"]]
+    ms = _machines_of(state)
     return (
         ok(["ip", "link", "show", config.BRIDGE])
         and ok(["nft", "list", "table", "inet", config.NFT_TABLE])
@@ -219,10 +238,21 @@ def _healthy(state: dict[str, Any] | None, topology: str) -> bool:
 # -- up / down --------------------------------------------------------------------------
 
 
-def up(topology: str) -> None:
+def up(topology: str, platform: str = platforms.DEFAULT, webmail: str | None = None) -> None:
+    """Boot the topology, mail nodes on ``platform`` and webmail hosts on ``webmail``
+    (default: ``platform`` where its RoundCube is safe, else the recommended fallback)."""
+    platforms.get(platform)
+    if webmail:
+        platforms.get(webmail)
+    ms = topology_machines(topology, platform, webmail)
+    wanted = {m.name: m.platform for m in ms}
     with _locked():
         state = load_state()
-        if state and _healthy(state, topology):
+        if (
+            state
+            and _healthy(state, topology)
+            and {m.name: m.platform for m in _machines_of(state)} == wanted
+        ):
             daemons.start_apt_proxy(net.mirror_hosts())
             daemons.start_ntp()
             daemons.start_sink()
@@ -231,7 +261,6 @@ def up(topology: str) -> None:
             return
         _down()  # whatever a killed run or another checkout left behind
         started = time.monotonic()
-        ms = topology_machines(topology)
         config.STATE.mkdir(parents=True, exist_ok=True)
         config.STATE.chmod(0o700)
         resolvers = net.host_resolvers()
@@ -239,7 +268,10 @@ def up(topology: str) -> None:
         daemons.start_apt_proxy(net.mirror_hosts())
         daemons.start_ntp()
         daemons.start_sink()
-        base = image.ensure_base_image(daemons.apt_proxy_url())
+        bases = {
+            name: image.ensure_base_image(platforms.get(name), daemons.apt_proxy_url())
+            for name in sorted({m.platform for m in ms})
+        }
         homes.up()
         users = accounts()
         for u in users:
@@ -259,7 +291,7 @@ def up(topology: str) -> None:
         tls_key, tls_cert = _leaf(ms)
         _, ca = pki.ensure_ca()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda m: machines.create(m, base, pub, users), ms))
+            list(pool.map(lambda m: machines.create(m, bases[m.platform], pub, users), ms))
         procs = [machines.start(m) for m in ms]
         with ThreadPoolExecutor(max_workers=len(ms)) as pool:
             list(pool.map(machines.wait_booted, ms, procs))
@@ -272,7 +304,8 @@ def up(topology: str) -> None:
         state = {
             "lab_id": lab_id,
             "topology": topology,
-            "hosts": [{"name": m.name, "address": m.address, "groups": list(m.groups)} for m in ms],
+            "platform": platform,
+            "hosts": _state_hosts(ms, set()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         config.STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
@@ -317,7 +350,19 @@ def _owned_state() -> dict[str, Any]:
 
 
 def _machines_of(state: dict[str, Any]) -> list[Machine]:
-    return [Machine(h["name"], h["address"], tuple(h["groups"])) for h in state["hosts"]]
+    # A state file from before platforms were recorded describes Debian 12 machines.
+    return [
+        Machine(h["name"], h["address"], tuple(h["groups"]), h.get("platform", "debian12"))
+        for h in state["hosts"]
+    ]
+
+
+def _state_hosts(ms: list[Machine], draining: set[str]) -> list[dict[str, Any]]:
+    """state.json's (and `info`'s) hosts: the site's entries plus each one's platform."""
+    return [
+        entry | {"platform": m.platform}
+        for m, entry in zip(ms, _host_entries(ms, draining), strict=True)
+    ]
 
 
 def _leaf(ms: list[Machine]) -> tuple[Path, Path]:
@@ -329,17 +374,18 @@ def _leaf(ms: list[Machine]) -> tuple[Path, Path]:
 def _save(state: dict[str, Any], ms: list[Machine], key: Path) -> None:
     """Rewrite what describes the machines: ssh_config, the site file, state.json."""
     draining = {h["name"] for h in state["hosts"] if h.get("draining")}
-    state["hosts"] = _host_entries(ms, draining)
+    state["hosts"] = _state_hosts(ms, draining)
     _write_ssh_config(ms, key)
     tls = config.SECRETS / "tls"
     _write_site(ms, tls / "privkey.pem", tls / "fullchain.pem", tls / "ca.pem", draining)
     config.STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
 
 
-def add(name: str, groups: list[str]) -> Machine:
+def add(name: str, groups: list[str], platform: str | None = None) -> Machine:
     """Boot one more machine into the running lab and list it in the site file (what an
     operator does by adding a host to site.yaml). Its certificate names are added to the
-    lab's leaf, so the next deploy rotates the certificate on every node."""
+    lab's leaf, so the next deploy rotates the certificate on every node. ``platform``:
+    the lab's own unless given; one lab may mix platforms (an OS upgrade, node by node)."""
     from mailcluster.site import _host_name
 
     _host_name(name)
@@ -353,8 +399,9 @@ def add(name: str, groups: list[str]) -> Machine:
             str(config.SUBNET.network_address + i)
             for i in range(config.FIRST_HOST, config.SUBNET.num_addresses - 1)
         )
-        m = Machine(name, next(a for a in free if a not in used), tuple(groups))
-        base = image.ensure_base_image(daemons.apt_proxy_url())
+        plat = platforms.get(platform or state.get("platform", "debian12"))
+        m = Machine(name, next(a for a in free if a not in used), tuple(groups), plat.name)
+        base = image.ensure_base_image(plat, daemons.apt_proxy_url())
         key, pub = _ssh_key()
         ms.append(m)
         _leaf(ms)
@@ -362,7 +409,10 @@ def add(name: str, groups: list[str]) -> Machine:
         machines.wait_booted(m, machines.start(m))
         _save(state, ms, key)
         _settle_boot(m)
-    log(f"{name} ({m.address}) added to the lab as {','.join(groups)}; deploy to configure it")
+    log(
+        f"{name} ({m.address}, {m.platform}) added to the lab as {','.join(groups)}; "
+        "deploy to configure it"
+    )
     return m
 
 
@@ -432,10 +482,12 @@ def info() -> dict[str, Any]:
     return {
         "domain": config.DOMAIN,
         "topology": state["topology"],
+        # The lab's platform (its mail nodes'); each host's own is in hosts[].platform.
+        "platform": state.get("platform", "debian12"),
         "ca_cert": str(config.SECRETS / "tls" / "ca.pem"),
         "ssh_config": str(config.SSH_CONFIG),
         "site_file": str(config.SITE_FILE),
-        "hosts": hosts,
+        "hosts": [h | {"platform": h.get("platform", "debian12")} for h in hosts],
         # Addresses, not names: the lab host has no DNS for the lab domain, and the
         # certificates carry every address as a subjectAltName, so TLS verifies.
         "endpoints": {
@@ -464,13 +516,13 @@ def status() -> tuple[bool, str]:
         return False, "down" + (f" (leftovers: {', '.join(rest)})" if rest else "")
     if not _owned(state):
         return False, "down (this checkout's lab is gone; another run owns the machines)"
-    lines = [f"topology {state['topology']}"]
+    lines = [f"topology {state['topology']}, platform {state.get('platform', 'debian12')}"]
     up_all = True
     for h in state["hosts"]:
         ready = machines._ssh_ready(h["address"])
         up_all &= ready
         lines.append(
             f"{h['name']:<12} {h['address']:<12} {','.join(h['groups']):<12} "
-            f"{'up' if ready else 'DOWN'}"
+            f"{h.get('platform', 'debian12'):<12} {'up' if ready else 'DOWN'}"
         )
     return up_all, "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The lab's base image: a debootstrapped Debian 12, built once per recipe and cached."""
+"""The lab's base images: one debootstrapped root per platform, built once per recipe and
+cached (``/var/cache/mclab/base-<suite>-<recipe hash>``)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,12 @@ import json
 import shutil
 from pathlib import Path
 
-from mailcluster.lab import config
+from mailcluster.lab import config, platforms
+from mailcluster.lab.platforms import LabPlatform
 from mailcluster.lab.system import log, run
 
 # Bump when the post-debootstrap steps below change: a new recipe means a new image.
-RECIPE_VERSION = 4
-
-SOURCES = f"""\
-# Written by mailcluster's lab base image.
-deb {config.MIRROR} {config.SUITE} main
-deb {config.MIRROR} {config.SUITE}-updates main
-deb {config.SECURITY_MIRROR} {config.SUITE}-security main
-"""
+RECIPE_VERSION = 5
 
 # The mirror this lab uses may be a frozen snapshot: its Release files are past their
 # Valid-Until date, and apt would refuse them ("Release file ... is expired").
@@ -29,53 +24,59 @@ Acquire::Languages "none";
 """
 
 
-def recipe() -> dict[str, object]:
+def recipe(p: LabPlatform) -> dict[str, object]:
     return {
         "version": RECIPE_VERSION,
-        "suite": config.SUITE,
-        "mirror": config.MIRROR,
+        "platform": p.name,
+        "suite": p.suite,
+        "mirror": p.mirror,
+        "components": list(p.components),
+        "keys": list(p.keys),
         "packages": sorted(config.BASE_PACKAGES),
     }
 
 
-def image_dir() -> Path:
-    digest = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:12]
-    return config.CACHE / f"base-{config.SUITE}-{digest}"
+def image_dir(p: LabPlatform) -> Path:
+    digest = hashlib.sha256(json.dumps(recipe(p), sort_keys=True).encode()).hexdigest()[:12]
+    return config.CACHE / f"base-{p.suite}-{digest}"
 
 
-def ensure_base_image(apt_proxy: str | None) -> Path:
-    """Return the cached image, building it first if this recipe has none yet."""
-    final = image_dir()
+def ensure_base_image(p: LabPlatform, apt_proxy: str | None) -> Path:
+    """Return the platform's cached image, building it first if this recipe has none yet."""
+    final = image_dir(p)
     if (final / ".mclab-image").exists():
         return final
     building = final.with_name(final.name + ".building")
     if building.exists():  # a killed build: start over
         shutil.rmtree(building)
     config.CACHE.mkdir(parents=True, exist_ok=True)
-    log(f"building base image {final.name} (once per recipe; a few minutes)")
+    log(f"building base image {final.name} ({p.name}; once per recipe; a few minutes)")
+    keyring = platforms.pinned_keyring(p, config.CACHE / "keyrings" / f"{p.name}.gpg", apt_proxy)
     env = {"http_proxy": apt_proxy} if apt_proxy else {}
     run(
         [
             "debootstrap",
             "--variant=minbase",
+            f"--keyring={keyring}",
+            f"--components={','.join(p.components)}",
             f"--include={','.join(config.BASE_PACKAGES)}",
-            config.SUITE,
+            p.suite,
             building,
-            config.MIRROR,
+            p.mirror,
         ],
         env=env,
     )
-    _configure(building)
-    (building / ".mclab-image").write_text(json.dumps(recipe(), indent=2) + "\n")
+    _configure(p, building)
+    (building / ".mclab-image").write_text(json.dumps(recipe(p), indent=2) + "\n")
     building.rename(final)
-    for stale in config.CACHE.glob(f"base-{config.SUITE}-*"):
+    for stale in config.CACHE.glob(f"base-{p.suite}-*"):
         if stale != final and stale.is_dir():
             shutil.rmtree(stale)
     return final
 
 
-def _configure(root: Path) -> None:
-    (root / "etc/apt/sources.list").write_text(SOURCES)
+def _configure(p: LabPlatform, root: Path) -> None:
+    (root / "etc/apt/sources.list").write_text(p.sources_list())
     (root / "etc/apt/apt.conf.d/10mclab-snapshot").write_text(APT_SNAPSHOT_CONF)
     # Every machine gets its own host keys and machine-id at `up`, never the image's.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
@@ -84,6 +85,14 @@ def _configure(root: Path) -> None:
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
     # Networking by systemd-networkd (a static address per machine, written at `up`).
     run(["chroot", root, "systemctl", "enable", "systemd-networkd.service"])
+    # DNS: the resolv.conf nspawn copies from the host (the lab's NAT allows only the
+    # host's resolvers). Ubuntu enables systemd-resolved, whose stub would ask elsewhere.
+    if (root / "lib/systemd/system/systemd-resolved.service").exists():
+        run(["chroot", root, "systemctl", "disable", "systemd-resolved.service"])
+        resolv = root / "etc/resolv.conf"
+        if resolv.is_symlink():
+            resolv.unlink()
+            resolv.write_text("")
     # No console login prompts: the machines are reached by SSH only.
     run(["chroot", root, "systemctl", "mask", "console-getty.service"])
     # Nothing to remount in a container (nspawn mounts the root), and on a lab host with

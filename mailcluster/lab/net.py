@@ -8,7 +8,7 @@ import re
 import socket
 from pathlib import Path
 
-from mailcluster.lab import config
+from mailcluster.lab import config, platforms
 from mailcluster.lab.system import LabError, ok, run
 
 # Ports the mirror serves apt on; DNS on both transports (TCP for large answers).
@@ -33,8 +33,9 @@ def host_resolvers() -> list[str]:
 
 
 def mirror_hosts() -> list[str]:
-    """Host names of the package mirror (the apt proxy serves these and no others)."""
-    urls = (config.MIRROR, config.SECURITY_MIRROR)
+    """Host names of the package mirrors of every lab platform (the apt proxy serves these
+    and no others)."""
+    urls = platforms.all_mirror_urls()
     return sorted({re.sub(r"^https?://([^/:]+).*", r"\1", url) for url in urls})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mailcluster import site as site_mod
-from mailcluster.lab import config
+from mailcluster.lab import config, platforms
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,7 @@ class Machine:
     name: str  # the host name inside the machine and in inventories
     address: str
     groups: tuple[str, ...]
+    platform: str = platforms.DEFAULT  # mailcluster/lab/platforms.py: "ubuntu20.04", ...
 
     @property
     def machine_name(self) -> str:  # the nspawn machine name: prefixed, found by `down`
@@ -26,7 +27,24 @@ SMALL = [("mail01", ("mail",)), ("mail02", ("mail",)), ("webmail01", ("webmail",
 TOPOLOGIES = ("small", "full")
 
 
-def machines(topology: str) -> list[Machine]:
+def webmail_platform(platform: str) -> str:
+    """Where the lab puts webmail hosts when mail nodes run ``platform``: the same, if its
+    archive has a RoundCube with the known code-execution fixes, else the fallback (the
+    layout the README recommends; mailcluster/webmail_security.py has the table)."""
+    from mailcluster import webmail_security
+
+    p = platforms.get(platform)
+    if webmail_security.platform_has_fixes(p.distro, p.major):
+        return platform
+    return platforms.WEBMAIL_FALLBACK
+
+
+def machines(
+    topology: str, platform: str = platforms.DEFAULT, webmail: str | None = None
+) -> list[Machine]:
+    """The topology's machines: mail (and other) hosts on ``platform``, webmail hosts on
+    ``webmail`` (default: :func:`webmail_platform`)."""
+    web = webmail or webmail_platform(platform)
     if topology == "small":
         layout = SMALL
     elif topology == "full":
@@ -36,7 +54,10 @@ def machines(topology: str) -> list[Machine]:
     else:
         raise ValueError(f"unknown topology {topology!r} (choose from {', '.join(TOPOLOGIES)})")
     base = config.SUBNET.network_address + config.FIRST_HOST
-    return [Machine(name, str(base + i), groups) for i, (name, groups) in enumerate(layout)]
+    return [
+        Machine(name, str(base + i), groups, web if "webmail" in groups else platform)
+        for i, (name, groups) in enumerate(layout)
+    ]
 
 
 def main() -> None:

@@ -99,14 +99,14 @@ def base() -> None:
         notify=["chrony.restart"],
         template="chrony/chrony.conf.j2",
         context={"servers": site.ntp_servers},
-        validate="chronyd -p -f {path} >/dev/null",
+        validate=plat.chrony_check,
     )
     chrony_defaults = managed_file(
         name="Set chronyd's options",
         dest="/etc/default/chrony",
         notify=["chrony.restart"],
         template="chrony/default.j2",
-        context={"in_container": plat.in_container},
+        context={"in_container": plat.in_container, "seccomp": plat.chrony_seccomp},
     )
     chrony_unit = managed_file(
         name="chrony's unit for this platform",

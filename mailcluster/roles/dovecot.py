@@ -23,6 +23,7 @@ PACKAGES = ["dovecot-core", "dovecot-imapd"]
 CONF_DIR = "/etc/dovecot/mailcluster"
 PASSDB = f"{CONF_DIR}/passdb"
 MASTERDB = f"{CONF_DIR}/masterdb"
+OPENSSL_CONF = "/etc/dovecot/openssl.cnf"
 # The account mail nodes use to open a proxied session on a user's backend (it is what
 # lets CRAM-MD5 logins be proxied: the proxy never learns the user's password).
 MASTER_USER = "mailcluster-proxy"
@@ -193,6 +194,12 @@ def dovecot() -> None:
         context={"limits": limits},
         notify=["dovecot.restart"],
     )
+    openssl_conf = managed_file(
+        name="OpenSSL's settings for Dovecot (no renegotiation)",
+        dest=OPENSSL_CONF,
+        template="dovecot/openssl.cnf.j2",
+        notify=["dovecot.reload"],
+    )
     conf = managed_file(
         name="dovecot.conf",
         dest="/etc/dovecot/dovecot.conf",
@@ -204,6 +211,7 @@ def dovecot() -> None:
             "tls": tlsprofile,
             "passdb": PASSDB,
             "masterdb": MASTERDB,
+            "openssl_conf": OPENSSL_CONF,
         },
         validate="doveconf -n -c {path} >/dev/null",
         notify=["dovecot.reload"],
@@ -224,6 +232,6 @@ def dovecot() -> None:
         "Reload Dovecot",
         "dovecot",
         "reload",
-        [conf, masterdb, *tls_ops],
+        [conf, openssl_conf, masterdb, *tls_ops],
         command=reloads.command("dovecot"),
     )

@@ -4,12 +4,13 @@ shared PostgreSQL database so any webmail node serves any logged-in user."""
 
 from __future__ import annotations
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, server, systemd
 
-from mailcluster import platform, sizing, tlsprofile
+from mailcluster import platform, sizing, tlsprofile, webmail_security
 from mailcluster.ops import managed_file, service_action
 from mailcluster.roles.db import DB_NAME, DB_USER, db_host
 from mailcluster.roles.tls import install_tls
@@ -37,6 +38,45 @@ class RoundcubeSchema(FactBase[dict[str, str]]):
 
     def process(self, output: list[str]) -> dict[str, str]:
         return dict(line.split("=", 1) for line in output if "=" in line)
+
+
+class RoundcubeCandidate(FactBase[str]):
+    """The roundcube-core version apt would install now ("" when apt knows none). A fresh
+    host has no package lists yet: they are fetched first (through the site's proxy)."""
+
+    def command(self, proxy: str | None) -> str:
+        opt = f"-o Acquire::http::Proxy={proxy} " if proxy else ""
+        return (
+            "ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || "
+            f"apt-get {opt}update -qq >/dev/null 2>&1; "
+            "apt-cache policy roundcube-core 2>/dev/null | sed -n 's/^ *Candidate: *//p'"
+        )
+
+    def process(self, output: list[str]) -> str:
+        text = output[0].strip() if output else ""
+        return "" if text == "(none)" else text
+
+
+def check_roundcube(site: Site, plat: platform.Platform) -> None:
+    """Stop the whole run, before any host is touched, if this host would get a RoundCube
+    with a known code-execution hole (mailcluster/webmail_security.py)."""
+    candidate = host.get_fact(RoundcubeCandidate, proxy=site.apt_proxy)
+    if not candidate:
+        raise DeployError(
+            f"{host.name}: apt offers no roundcube-core (is {plat.distro}'s "
+            f"{'universe' if plat.distro == 'Ubuntu' else 'main'} component enabled?)"
+        )
+    holes = webmail_security.unfixed(plat.distro, plat.major, candidate)
+    if not holes:
+        return
+    message = webmail_security.refusal(host.name, plat.distro, plat.major, candidate, holes)
+    if not site.webmail.allow_known_vulnerable_roundcube:
+        raise DeployError(message + f". (A test lab may set {webmail_security.OVERRIDE}.)")
+    logger.warning(
+        "INSTALLING A KNOWN-VULNERABLE ROUNDCUBE (site %s is set): %s",
+        webmail_security.OVERRIDE,
+        message,
+    )
 
 
 @operation()
@@ -68,6 +108,8 @@ def webmail() -> None:
     des_key = generated_secret(site.secrets_dir, "roundcube-des-key", length=24)
     limits = sizing.php_fpm(host.get_fact(Cpus) or 1, int(host.get_fact(Memory) or 1024))
     attachment = site.attachment_max_bytes
+
+    check_roundcube(site, plat)
 
     # The database is ours to set up: no dbconfig-common questions at install.
     prefs = managed_file(
@@ -117,7 +159,7 @@ def webmail() -> None:
             "des_key": des_key,
             "imap": f"ssl://{site.fqdn(mail_node.name)}:993",
             "smtp": f"tls://{site.fqdn(mail_node.name)}:587",
-            "legacy": plat.roundcube_docroot == "/var/lib/roundcube",
+            "legacy": plat.roundcube_legacy_options,
             "domain": site.domain,
             "ca_bundle": tlsprofile.SYSTEM_BUNDLE,
             "attachment": attachment,

@@ -24,8 +24,11 @@ from pathlib import Path
 
 from mailcluster.lab import config as lab_config
 from mailcluster.lab import image as lab_image
+from mailcluster.lab.platforms import PLATFORMS
 from mailcluster.lab.system import LabError, log, ok, run
 from mailcluster.vagrant import config
+
+DEBIAN12 = PLATFORMS["debian12"]
 
 RECIPE_VERSION = 1
 
@@ -107,8 +110,8 @@ def packages() -> list[str]:
 def recipe() -> dict[str, object]:
     return {
         "version": RECIPE_VERSION,
-        "suite": lab_config.SUITE,
-        "mirror": lab_config.MIRROR,
+        "suite": DEBIAN12.suite,
+        "mirror": DEBIAN12.mirror,
         "packages": packages(),
         "kernel": KERNEL_PACKAGES,
         "disk_gb": config.BOX_DISK_GB,
@@ -183,9 +186,9 @@ def build() -> Path:
                 "debootstrap",
                 "--variant=minbase",
                 f"--include={','.join(packages())}",
-                lab_config.SUITE,
+                DEBIAN12.suite,
                 mnt,
-                lab_config.MIRROR,
+                DEBIAN12.mirror,
             ]
         )
         _configure(mnt, fs_uuid, loop)
@@ -210,7 +213,7 @@ def build() -> Path:
 
 
 def _configure(root: Path, fs_uuid: str, loop: str) -> None:
-    (root / "etc/apt/sources.list").write_text(lab_image.SOURCES)
+    (root / "etc/apt/sources.list").write_text(DEBIAN12.sources_list())
     (root / "etc/apt/apt.conf.d/10mclab-snapshot").write_text(lab_image.APT_SNAPSHOT_CONF)
     (root / "etc/hostname").write_text("debian12\n")
     (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tdebian12\n")

@@ -6,6 +6,8 @@ import base64
 
 import pytest
 
+from tests.conftest import platform_of
+
 
 def rc_config(host, key: str) -> str:  # noqa: ANN001
     """A value of RoundCube's effective configuration (its own loader, as PHP sees it)."""
@@ -19,25 +21,44 @@ def rc_config(host, key: str) -> str:  # noqa: ANN001
     return host.run(f"echo {encoded} | base64 -d | php 2>/dev/null").stdout.strip()
 
 
-@pytest.mark.parametrize("service", ["nginx", "php8.2-fpm", "postgresql"])
+@pytest.mark.parametrize("service", ["nginx", "php-fpm", "postgresql"])
 def test_webmail_services_run_and_start_at_boot(webmail_host, service: str) -> None:
+    if service == "php-fpm":
+        service = f"php{platform_of(webmail_host).php}-fpm"
     svc = webmail_host.service(service)
     assert svc.is_running and svc.is_enabled
 
 
-@pytest.mark.parametrize(
-    "key,value",
-    [
+COMMON_SETTINGS = [
+    ("smtp_user", "'%u'"),
+    ("session_storage", "'db'"),
+    ("mail_domain", "'mailcluster.test'"),
+    ("enable_installer", "false"),
+]
+# Where the IMAP and SMTP servers are, in the option names of the host's RoundCube.
+SERVER_SETTINGS = {
+    "1.6": [
         ("imap_host", "'ssl://mail01.mailcluster.test:993'"),
         ("smtp_host", "'tls://mail01.mailcluster.test:587'"),
-        ("smtp_user", "'%u'"),
-        ("session_storage", "'db'"),
-        ("mail_domain", "'mailcluster.test'"),
-        ("enable_installer", "false"),
     ],
-)
+    "legacy": [
+        ("default_host", "'ssl://mail01.mailcluster.test'"),
+        ("default_port", "993"),
+        ("smtp_server", "'tls://mail01.mailcluster.test'"),
+        ("smtp_port", "587"),
+    ],
+}
+
+
+@pytest.mark.parametrize("key,value", COMMON_SETTINGS)
 def test_roundcube_effective_setting(webmail_host, key: str, value: str) -> None:
     assert rc_config(webmail_host, key) == value
+
+
+def test_roundcube_finds_the_mail_node(webmail_host) -> None:
+    names = "legacy" if platform_of(webmail_host).roundcube_legacy_options else "1.6"
+    for key, value in SERVER_SETTINGS[names]:
+        assert rc_config(webmail_host, key) == value, key
 
 
 def test_roundcube_verifies_the_mail_nodes_certificates(webmail_host) -> None:
@@ -46,7 +67,8 @@ def test_roundcube_verifies_the_mail_nodes_certificates(webmail_host) -> None:
 
 
 def test_php_accepts_uploads_up_to_the_attachment_limit(webmail_host) -> None:
-    pool = webmail_host.file("/etc/php/8.2/fpm/pool.d/roundcube.conf").content_string
+    php = platform_of(webmail_host).php
+    pool = webmail_host.file(f"/etc/php/{php}/fpm/pool.d/roundcube.conf").content_string
     assert "php_admin_value[upload_max_filesize] = 2097152" in pool
 
 
@@ -74,7 +96,8 @@ def test_roundcubes_schema_is_in_the_shared_database(webmail_host) -> None:
 
 
 def test_postgresql_accepts_only_roundcube_with_a_password(webmail_host) -> None:
-    hba = webmail_host.file("/etc/postgresql/15/main/pg_hba.conf").content_string
+    pg = platform_of(webmail_host).postgresql
+    hba = webmail_host.file(f"/etc/postgresql/{pg}/main/pg_hba.conf").content_string
     rules = [ln.split() for ln in hba.splitlines() if ln and not ln.startswith("#")]
     hosts = [r for r in rules if r[0] == "host"]
     assert hosts and all(r[1:3] == ["roundcube", "roundcube"] for r in hosts)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mailcluster.lab.platforms import PLATFORMS
 from tests.conftest import REPO, lab_cli
 from tests.lab.nft_eval import verdict
 
@@ -32,7 +33,8 @@ def test_info_json_has_every_contract_field(lab) -> None:
     assert Path(lab["ca_cert"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert Path(lab["ssh_config"]).is_file()
     assert set(lab["endpoints"]) >= {"imap", "smtp", "webmail"}
-    assert all(set(h) >= {"name", "address", "groups"} for h in lab["hosts"])
+    assert all(set(h) >= {"name", "address", "groups", "platform"} for h in lab["hosts"])
+    assert lab["platform"] in PLATFORMS
     assert lab["accounts"] and all(a["user"] and a["password"] for a in lab["accounts"])
     assert Path(lab["sink"]).is_dir()
 
@@ -43,6 +45,21 @@ def test_small_topology_is_two_mail_nodes_and_a_webmail_node_with_the_database(l
     groups = {h["name"]: set(h["groups"]) for h in lab["hosts"]}
     assert sorted(n for n, g in groups.items() if g == {"mail"}) == ["mail01", "mail02"]
     assert groups["webmail01"] == {"webmail", "db"}
+
+
+def test_each_machine_runs_its_platform(lab, lab_ssh) -> None:
+    """Mail nodes run the lab's platform; webmail hosts the one the README recommends
+    when that platform's RoundCube is not safe (topology.webmail_platform)."""
+    from mailcluster.lab.topology import webmail_platform
+
+    for h in lab["hosts"]:
+        want = webmail_platform(lab["platform"]) if "webmail" in h["groups"] else lab["platform"]
+        if h["name"] in ("mail01", "mail02", "webmail01"):
+            assert h["platform"] == want, h
+        p = PLATFORMS[h["platform"]]
+        release = lab_ssh(h["name"], ". /etc/os-release; echo $NAME; echo $VERSION_ID").stdout
+        name, version = release.split("\n")[:2]
+        assert name.startswith(p.distro) and version == p.version, (h["name"], release)
 
 
 def test_full_topology_is_the_production_inventory() -> None:
@@ -174,16 +191,16 @@ def test_lab_traffic_is_masqueraded_only_when_leaving_the_bridge(ruleset) -> Non
     assert verdict(ruleset, "postrouting", inside) == "accept"
 
 
-def test_a_machine_reaches_the_mirror_through_the_nat(lab, lab_ssh) -> None:
-    # Traffic to the package mirror is the one outside destination the rule allows.
-    script = (
-        "import urllib.request as u; "
-        "print(u.urlopen('http://deb.debian.org/debian/dists/bookworm/Release', "
-        "timeout=20).status)"
-    )
-    name = lab["hosts"][0]["name"]
-    out = lab_ssh(name, f'env -u http_proxy python3 -c "{script}"').stdout.strip()
-    assert out == "200"
+@pytest.mark.parametrize("which", ["mirror", "security_mirror"])
+def test_every_machine_reaches_its_archive_through_the_nat(lab, lab_ssh, which: str) -> None:
+    # The package archives are the one outside destination the rule allows (no proxy).
+    for h in lab["hosts"]:
+        p = PLATFORMS[h["platform"]]
+        suite = p.suite + ("-security" if which == "security_mirror" else "")
+        url = f"{getattr(p, which)}/dists/{suite}/Release"
+        script = f"import urllib.request as u; print(u.urlopen('{url}', timeout=20).status)"
+        out = lab_ssh(h["name"], f'env -u http_proxy python3 -c "{script}"').stdout.strip()
+        assert out == "200", (h["name"], url)
 
 
 # -- shared homes and the kernel-enforced quota ---------------------------------------
@@ -266,8 +283,10 @@ def test_each_package_is_fetched_from_the_mirror_once_for_all_machines(lab) -> N
             debs.setdefault(url, []).append((client, cache))
     chrony = [u for u in debs if "/chrony_" in u]
     assert chrony, "the deploy installed chrony through the lab's cache"
-    # Every machine asked (machines added and removed since `up` may have asked too).
-    assert {c for c, _ in debs[chrony[0]]} >= {h["address"] for h in lab["hosts"]}
+    # Every machine asked for its platform's chrony (machines added and removed since
+    # `up` may have asked too).
+    askers = {c for u in chrony for c, _ in debs[u]}
+    assert askers >= {h["address"] for h in lab["hosts"]}
     for url, hits in debs.items():
         assert [c for _, c in hits].count("MISS") <= 1, f"{url} fetched twice: {hits}"
 
@@ -281,3 +300,17 @@ def test_the_package_cache_serves_only_the_mirror(lab) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         opener.open("http://not-the-mirror.invalid/", timeout=10)  # .invalid: never resolves
     assert refused.value.code == 403
+
+
+@pytest.mark.parametrize("name", sorted(PLATFORMS))
+def test_the_package_cache_serves_every_platforms_archive(name: str) -> None:
+    import urllib.request
+
+    p = PLATFORMS[name]
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": "http://10.77.0.1:3150"})
+    )
+    for base, suite in ((p.mirror, p.suite), (p.security_mirror, f"{p.suite}-security")):
+        with opener.open(f"{base}/dists/{suite}/Release", timeout=30) as resp:
+            assert resp.status == 200
+            assert f"Codename: {p.suite}" in resp.read(4096).decode()

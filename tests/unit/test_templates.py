@@ -46,6 +46,7 @@ DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
         "tls": tlsprofile,
         "passdb": "/p",
         "masterdb": "/m",
+        "openssl_conf": "/etc/dovecot/openssl.cnf",
     },
     "dovecot/passdb.j2": _PASSDB,
     "dovecot/masterdb.j2": {"master_user": "mailcluster-proxy", "hash": "{SSHA512}x"},
@@ -109,7 +110,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "base/hosts.j2": {"me": SITE.hosts[0], "hosts": SITE.hosts, "domain": SITE.domain},
     "base/timezone.j2": {"timezone": "Asia/Tokyo"},
     "chrony/chrony.conf.j2": {"servers": SITE.ntp_servers},
-    "chrony/default.j2": {"in_container": False},
+    "chrony/default.j2": {"in_container": False, "seccomp": "-F 1"},
     "chrony/unit-override.conf.j2": {"in_container": True},
     "ssh/10-mailcluster.conf.j2": {},
     "base/reload.sh.j2": reloads.script_context(),
@@ -180,8 +181,8 @@ def test_hosts_file_lists_every_cluster_host() -> None:
 
 
 def test_chrony_runs_without_setting_the_clock_only_in_containers() -> None:
-    assert "-x" in templating.render("chrony/default.j2", in_container=True)
-    assert "-x" not in templating.render("chrony/default.j2", in_container=False)
+    assert "-x" in templating.render("chrony/default.j2", in_container=True, seccomp="-F 1")
+    assert "-x" not in templating.render("chrony/default.j2", in_container=False, seccomp="-F 1")
 
 
 def test_a_template_path_override_takes_precedence(tmp_path: Path, monkeypatch) -> None:
