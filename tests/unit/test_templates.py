@@ -51,6 +51,7 @@ DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
     "dovecot/passdb.j2": _PASSDB,
     "dovecot/masterdb.j2": {"master_user": "mailcluster-proxy", "hash": "{SSHA512}x"},
     "dovecot/service-override.conf.j2": {"limits": _LIMITS},
+    "dovecot/openssl.cnf.j2": {},
 }
 
 EXIM_CONTEXTS: dict[str, dict[str, Any]] = {
