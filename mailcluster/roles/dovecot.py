@@ -24,6 +24,11 @@ CONF_DIR = "/etc/dovecot/mailcluster"
 PASSDB = f"{CONF_DIR}/passdb"
 MASTERDB = f"{CONF_DIR}/masterdb"
 OPENSSL_CONF = "/etc/dovecot/openssl.cnf"
+# How long a proxying node tries to reach a user's backend before the login fails with
+# [UNAVAILABLE]: 10 s outlasts a backend's reload hold (1-3 s) and stays under what mail
+# clients wait (Dovecot's default, 30 s, does not; 2.3.7 retries a refused connect every
+# second until then, so a dead node's users waited the whole 30 s).
+PROXY_TIMEOUT_S = 10
 # The account mail nodes use to open a proxied session on a user's backend (it is what
 # lets CRAM-MD5 logins be proxied: the proxy never learns the user's password).
 MASTER_USER = "mailcluster-proxy"
@@ -70,7 +75,11 @@ def passdb_context(
     site: Site, node: str, moving: dict[str, str] | None = None
 ) -> dict[str, object]:
     master = master_secret(site.secrets_dir)
-    return {"node": node, "entries": passdb_entries(site, node, master["password"], moving)}
+    return {
+        "node": node,
+        "entries": passdb_entries(site, node, master["password"], moving),
+        "proxy_timeout": PROXY_TIMEOUT_S,
+    }
 
 
 def live_backends(node: str, lines: list[str]) -> dict[str, str]:

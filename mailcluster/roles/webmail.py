@@ -126,6 +126,9 @@ def webmail() -> None:
         name="Install nginx, php-fpm and RoundCube",
         packages=[
             f"php{php}-fpm",
+            # `php -l` validates config.inc.php before it goes live (RoundCube 1.4's
+            # package does not pull the command-line PHP in).
+            f"php{php}-cli",
             f"php{php}-pgsql",
             "nginx",
             "postgresql-client",

@@ -37,6 +37,7 @@ _PASSDB: dict[str, Any] = {
             "moving_from": "mail02",
         },
     ],
+    "proxy_timeout": 10,
 }
 DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
     "dovecot/dovecot.conf.j2": {
@@ -200,7 +201,7 @@ def test_passdb_proxies_only_users_of_other_backends() -> None:
     assert "\nalice:{CRAM-MD5}" + "0" * 64 + "::::::\n" in out
     assert (
         "bob:{CRAM-MD5}" + "1" * 64 + "::::::proxy_maybe=y host=mail02.example.test "
-        "hostip=127.0.0.3 port=993 ssl=yes master=mailcluster-proxy pass=m\n"
+        "hostip=127.0.0.3 port=993 ssl=yes proxy_timeout=10 master=mailcluster-proxy pass=m\n"
     ) in out
 
 
