@@ -97,8 +97,8 @@ def refusal(host: str, distro: str, major: int, candidate: str, holes: list[Hole
         f"{h.cve} ({h.what}; fixed upstream in {'/'.join(h.upstream_fixed)})" for h in holes
     )
     return (
-        f"{host}: refusing to install roundcube-core {candidate} from {distro} {major}'s "
-        f"archive: it has {names}. Ways out: {WAYS_OUT}. Sources: "
+        f"{host}: roundcube-core {candidate}, the version {distro} {major}'s archive "
+        f"offers, has {names}. Ways out: {WAYS_OUT}. Sources: "
         + "; ".join(s for h in holes for s in h.sources)
     )
 

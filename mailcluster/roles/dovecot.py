@@ -216,6 +216,7 @@ def dovecot() -> None:
         context={
             "me": me,
             "mail_nodes": mail_nodes,
+            "webmail_nodes": site.in_group("webmail"),
             "limits": limits,
             "tls": tlsprofile,
             "passdb": PASSDB,

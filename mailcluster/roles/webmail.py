@@ -21,6 +21,8 @@ PREFERENCES = "/var/cache/mailcluster/roundcube.debconf"
 POOL_SOCKET = "/run/php/roundcube.sock"
 SITE_FILE = "/etc/nginx/sites-available/mailcluster-webmail"
 SQL_DIR = "/usr/share/roundcube/SQL"
+# Ours, next to the package's plugin links (RoundCube 1.4 to 1.6 load plugins from here).
+PLUGIN_DIR = "/var/lib/roundcube/plugins/mailcluster"
 # nginx and PHP accept requests up to 4 attachments' worth, so that an oversized file is
 # refused by RoundCube (naming the attachment limit), never by nginx (a bare 413).
 BODY_FACTOR = 4
@@ -71,7 +73,10 @@ def check_roundcube(site: Site, plat: platform.Platform) -> None:
         return
     message = webmail_security.refusal(host.name, plat.distro, plat.major, candidate, holes)
     if not site.webmail.allow_known_vulnerable_roundcube:
-        raise DeployError(message + f". (A test lab may set {webmail_security.OVERRIDE}.)")
+        raise DeployError(
+            f"refusing to install RoundCube; no operation ran on any host. {message}. "
+            f"(A throw-away test lab may set {webmail_security.OVERRIDE}.)"
+        )
     logger.warning(
         "INSTALLING A KNOWN-VULNERABLE ROUNDCUBE (site %s is set): %s",
         webmail_security.OVERRIDE,
@@ -173,6 +178,15 @@ def webmail() -> None:
         group="www-data",
         notify=[f"php{php}-fpm.reload"],
     )
+    files.directory(name="RoundCube's mailcluster plugin folder", path=PLUGIN_DIR, mode="755")
+    plugin = managed_file(
+        name="RoundCube plugin: the browser's address to Dovecot, no retry of a wrong password",
+        dest=f"{PLUGIN_DIR}/mailcluster.php",
+        template="roundcube/mailcluster_plugin.php.j2",
+        validate="php -l {path} >/dev/null",
+        banner=False,
+        notify=[f"php{php}-fpm.reload"],
+    )
     pool = managed_file(
         name="php-fpm pool for RoundCube",
         dest=f"/etc/php/{php}/fpm/pool.d/roundcube.conf",
@@ -222,6 +236,6 @@ def webmail() -> None:
     )
 
     systemd.service(name="Run php-fpm", service=f"php{php}-fpm", running=True, enabled=True)
-    service_action("Reload php-fpm", f"php{php}-fpm", "reload", [pool, config])
+    service_action("Reload php-fpm", f"php{php}-fpm", "reload", [pool, config, plugin])
     systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
     service_action("Reload nginx", "nginx", "reload", [site_conf, enabled, *tls_ops])

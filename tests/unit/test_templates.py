@@ -43,6 +43,7 @@ DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
     "dovecot/dovecot.conf.j2": {
         "me": SITE.hosts[0],
         "mail_nodes": SITE.in_group("mail"),
+        "webmail_nodes": SITE.in_group("webmail"),
         "limits": _LIMITS,
         "tls": tlsprofile,
         "passdb": "/p",
@@ -53,6 +54,7 @@ DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
     "dovecot/masterdb.j2": {"master_user": "mailcluster-proxy", "hash": "{SSHA512}x"},
     "dovecot/service-override.conf.j2": {"limits": _LIMITS},
     "dovecot/openssl.cnf.j2": {},
+    "roundcube/mailcluster_plugin.php.j2": {},
 }
 
 EXIM_CONTEXTS: dict[str, dict[str, Any]] = {
