@@ -53,3 +53,29 @@ def test_webmail_tls_is_1_2_or_newer_and_verifies_against_the_site_ca(lab) -> No
     for new in ("-tls1_2", "-tls1_3"):
         ok = s_client(new, "-CAfile", lab["ca_cert"], "-verify_return_error")
         assert ok.returncode == 0 and "Verify return code: 0 (ok)" in ok.stdout
+
+
+def test_dovecot_sees_the_browsers_address_not_the_webmail_hosts(lab, lab_ssh) -> None:
+    """RoundCube's mailcluster plugin passes the browser's address on (IMAP ID): Dovecot's
+    failed-login penalty then slows that browser only, not every webmail user."""
+    import time
+
+    account = lab["accounts"][2]
+    source = lab["client_addresses"][5]
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - 1))
+    web = WebmailSession(lab, source=source)
+    web.login(account["user"], account["password"])
+    assert web.logged_in_as() == account["user"]
+    logins = "\n".join(
+        lab_ssh(
+            h["name"],
+            f"TZ=UTC journalctl -u dovecot --since '{since}' --no-pager "
+            f"| grep 'Login: user=<{account['user']}>'",
+            check=False,
+        ).stdout
+        for h in lab["hosts"]
+        if "mail" in h["groups"]
+    )
+    assert f"rip={source}," in logins, logins[-1000:]
+    webmail_addresses = [h["address"] for h in lab["hosts"] if "webmail" in h["groups"]]
+    assert not any(f"rip={a}," in logins for a in webmail_addresses), logins[-1000:]
