@@ -41,15 +41,32 @@ from labinfo import REPO, lab_info, machine
 
 sys.path.insert(0, str(REPO))
 
+from mailcluster.lab.platforms import PLATFORMS  # noqa: E402
+from mailcluster.platform import PHP  # noqa: E402
 from mailcluster.roles.base import BASE_PACKAGES  # noqa: E402
 from mailcluster.roles.dovecot import PACKAGES as DOVECOT  # noqa: E402
 from mailcluster.roles.exim import PACKAGES as EXIM  # noqa: E402
 from mailcluster.roles.fail2ban import PACKAGES as FAIL2BAN  # noqa: E402
 
-# Debian 12's names (the lab): mailcluster/roles/webmail.py and db.py install these.
-WEBMAIL = ["php8.2-fpm", "php8.2-pgsql", "nginx", "postgresql-client"]
-WEBMAIL += ["roundcube-core", "roundcube-pgsql", *FAIL2BAN]
-PACKAGES = {"mail": [*EXIM, *DOVECOT, *FAIL2BAN], "webmail": WEBMAIL, "db": ["postgresql"]}
+PACKAGES = {"mail": [*EXIM, *DOVECOT, *FAIL2BAN], "db": ["postgresql"]}
+
+
+def webmail_packages(platform: str) -> list[str]:
+    """What mailcluster/roles/webmail.py installs on a host of the lab ``platform``."""
+    p = PLATFORMS[platform]
+    php = PHP[(p.distro, p.major)]
+    return [
+        f"php{php}-fpm",
+        f"php{php}-cli",
+        f"php{php}-pgsql",
+        "nginx",
+        "postgresql-client",
+        "roundcube-core",
+        "roundcube-pgsql",
+        *FAIL2BAN,
+    ]
+
+
 PY = sys.executable
 
 
@@ -100,6 +117,8 @@ def floor(info: dict[str, Any]) -> float:
         pkgs = list(BASE_PACKAGES)
         for g in h["groups"]:
             pkgs += PACKAGES.get(g, [])
+        if "webmail" in h["groups"]:
+            pkgs += webmail_packages(h["platform"])
         pre = ""
         if "webmail" in h["groups"]:  # as the role preseeds it: no dbconfig prompt
             pre = "echo 'roundcube-core roundcube/dbconfig-install boolean false' | "
