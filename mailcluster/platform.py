@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import FactBase
+from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import LinuxDistribution
 
 SUPPORTED = {("Ubuntu", 20), ("Debian", 12)}
@@ -97,8 +98,9 @@ def current() -> Platform:
     dist = host.get_fact(LinuxDistribution)
     name, major = dist.get("name") or "?", int(dist.get("major") or 0)
     if (name, major) not in SUPPORTED:
-        raise RuntimeError(
+        raise DeployError(
             f"{host.name}: {name} {major} is not a supported platform "
-            f"({', '.join(f'{n} {m}' for n, m in sorted(SUPPORTED))})"
+            f"({', '.join(f'{n} {m}' for n, m in sorted(SUPPORTED))}: the ones a test deploys; "
+            "README 'Platforms'); no operation ran on any host"
         )
     return Platform(distro=name, major=major, container=host.get_fact(Virtualization))

@@ -86,7 +86,16 @@ def test_machines_run_systemd_as_pid_1_in_an_nspawn_container(lab, lab_ssh) -> N
 
 def test_up_again_is_a_quick_no_op(lab) -> None:
     started = time.monotonic()
-    proc = lab_cli("up", "--topology", lab["topology"])
+    web = next(h["platform"] for h in lab["hosts"] if "webmail" in h["groups"])
+    proc = lab_cli(
+        "up",
+        "--topology",
+        lab["topology"],
+        "--platform",
+        lab["platform"],
+        "--webmail-platform",
+        web,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "nothing to do" in proc.stderr
     assert time.monotonic() - started < 30
