@@ -181,13 +181,24 @@ class Webmail:
     def login(self, user: str, password: str) -> None:
         """Submit the login form (from wherever the tab is, the form is on every page of a
         logged-out session)."""
-        if not self.page.locator("#rcmloginuser").is_visible():
-            self.open()
-        self.page.locator("#rcmloginuser").fill(user)
-        self.page.locator("#rcmloginpwd").fill(password)
-        self.shot("login form filled")
-        with self.page.expect_navigation():
-            self.page.locator("#rcmloginsubmit").click()
+        for attempt in range(3):
+            if not self.page.locator("#rcmloginuser").is_visible():
+                self.open()
+                if attempt and not self.page.locator("#rcmloginuser").is_visible():
+                    break  # the aborted submission had logged in
+            self.page.locator("#rcmloginuser").fill(user)
+            self.page.locator("#rcmloginpwd").fill(password)
+            self.shot("login form filled")
+            try:
+                with self.page.expect_navigation():
+                    self.page.locator("#rcmloginsubmit").click()
+                break
+            except PlaywrightError as exc:
+                # As in open(): Chromium aborted the navigation because the host's
+                # interfaces changed; the user submits again.
+                if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == 2:
+                    raise
+                self.open()
         self.ready()
 
     def compose(self) -> None:
