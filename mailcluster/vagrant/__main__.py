@@ -8,13 +8,18 @@ import sys
 
 from mailcluster.lab.system import LabError
 from mailcluster.lab.topology import TOPOLOGIES
-from mailcluster.vagrant import box, cluster, host
+from mailcluster.vagrant import box, cluster, config, host
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mailcluster.vagrant", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("box", help="build (once) and register the Debian 12 libvirt box")
+    p_box = sub.add_parser(
+        "box",
+        help="build (once) and register the libvirt boxes `up` would boot (default: "
+        "Ubuntu 20.04 for mail nodes, Debian 12 for webmail), or one platform's",
+    )
+    p_box.add_argument("--platform", choices=sorted(config.BOX_NAMES))
     p_up = sub.add_parser("up", help="networks, host services, `vagrant up`, users, site file")
     p_up.add_argument("--topology", choices=TOPOLOGIES, default="small")
     sub.add_parser("check", help="say what the libvirt provider is missing (exit 1 if any)")
@@ -25,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "box":
-            print(box.ensure())
+            wanted = [args.platform] if args.platform else config.selected_boxes().built_here()
+            if not wanted:
+                print("the selected boxes (MAILCLUSTER_BOX) are not built here", file=sys.stderr)
+            for platform in wanted:
+                print(box.ensure(platform))
         elif args.cmd == "check":
             problem = host.libvirt_problem()
             if problem:

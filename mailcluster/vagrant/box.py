@@ -1,12 +1,16 @@
-"""A Debian 12 Vagrant box for libvirt, built locally from debootstrap (no box download).
+"""Vagrant boxes for libvirt, built locally from debootstrap (no box download): one per
+lab platform with a recipe here (``BOX_SPECS``: Ubuntu 20.04, production's OS, and
+Debian 12), from the platform's archive, suite and components, debootstrap trusting only
+the platform's pinned archive keys (``platforms.pinned_keyring``).
 
 The disk is one whole-disk ext4 filesystem (this host's kernel makes no partition devices
 for loop files), booted by GRUB installed with ``grub-install --force`` (block lists,
 no embedding area) and a grub.cfg written here (``update-grub`` skips a loop-device
 root). Inside: systemd-networkd (DHCP on eth0, which vagrant-libvirt needs to find the
-VM; Vagrant's Debian guest plugin writes networkd files for the private network),
-systemd-resolved, sshd with host keys generated at first boot, the ``vagrant`` user with
-Vagrant's insecure key (replaced by Vagrant at first ``up``) and passwordless sudo.
+VM; Vagrant's Debian guest plugin, which its Ubuntu guest uses too, writes networkd files
+for the private network when the guest has no netplan), systemd-resolved, sshd with host
+keys generated at first boot, the ``vagrant`` user with Vagrant's insecure key (replaced
+by Vagrant at first ``up``) and passwordless sudo.
 
 Built once per recipe into /var/cache/mcvagrant and registered with ``vagrant box add``.
 """
@@ -17,31 +21,83 @@ import contextlib
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mailcluster.lab import config as lab_config
 from mailcluster.lab import image as lab_image
-from mailcluster.lab.platforms import PLATFORMS
+from mailcluster.lab import platforms
+from mailcluster.lab.platforms import LabPlatform
 from mailcluster.lab.system import LabError, log, ok, run
+from mailcluster.site import REPO_ROOT
 from mailcluster.vagrant import config
 
-DEBIAN12 = PLATFORMS["debian12"]
+RECIPE_VERSION = 2
 
-RECIPE_VERSION = 1
+# What a cloud VM image has: the lab's base packages plus udev and a kernel, a
+# bootloader, and DNS from DHCP (systemd-resolved).
+PACKAGES = [*lab_config.BASE_PACKAGES, "udev", "kmod", "e2fsprogs"]
+BOOT_PACKAGES = ["grub-pc", "initramfs-tools"]
 
-# What a cloud VM image has: the lab's base packages plus a kernel, a bootloader, udev,
-# and DNS from DHCP (systemd-resolved). The cloud kernel: virtio built for, small initrd.
-PACKAGES = [
-    *lab_config.BASE_PACKAGES,
-    "systemd-resolved",
-    "udev",
-    "kmod",
-    "e2fsprogs",
-]
-KERNEL_PACKAGES = ["linux-image-cloud-amd64", "grub-pc", "initramfs-tools"]
+
+@dataclass(frozen=True)
+class BoxSpec:
+    """What differs between the platforms' boxes."""
+
+    platform: str  # mailcluster/lab/platforms.py's name
+    # Debootstrapped with the base packages.
+    extra_packages: tuple[str, ...]
+    # Installed afterwards with GRUB and initramfs-tools: a small kernel built for
+    # virtio guests (disk, NIC, serial console built in, not modules).
+    kernel: tuple[str, ...]
+    grub_title: str
+
+    @property
+    def lab_platform(self) -> LabPlatform:
+        return platforms.get(self.platform)
+
+    @property
+    def box_name(self) -> str:
+        return config.BOX_NAMES[self.platform]
+
+    @property
+    def short_name(self) -> str:  # the box's host name and file name: "ubuntu2004"
+        return self.box_name.rsplit("/", 1)[1]
+
+
+BOX_SPECS = {
+    s.platform: s
+    for s in (
+        # Ubuntu 20.04: resolved is part of the systemd package. The kernel: linux-kvm,
+        # Ubuntu's flavour for KVM/qemu guests (virtio block, net and PCI, ext4, 8250
+        # serial console built in; nf_tables as modules, which the deploy's nftables
+        # needs); it boots under plain qemu emulation (TCG) too. No netplan (minbase has
+        # none): Vagrant's Ubuntu guest then configures the private network with
+        # systemd-networkd files, as for Debian.
+        BoxSpec("ubuntu20.04", (), ("linux-image-kvm",), "Ubuntu"),
+        # Debian 12: resolved is its own package. The cloud kernel: virtio built in,
+        # small initrd.
+        BoxSpec(
+            "debian12", ("systemd-resolved",), ("linux-image-cloud-amd64",), "Debian GNU/Linux"
+        ),
+    )
+}
+assert set(BOX_SPECS) == set(config.BOX_NAMES), "a box name without a recipe, or the reverse"
+
+
+def spec(platform: str) -> BoxSpec:
+    try:
+        return BOX_SPECS[platform]
+    except KeyError:
+        raise LabError(
+            f"no Vagrant box recipe for platform {platform!r} (recipes: {', '.join(BOX_SPECS)})"
+        ) from None
+
 
 NETWORK_UNIT = """\
 # Written by mailcluster's Vagrant box: the first NIC (libvirt's management network)
@@ -70,10 +126,29 @@ GRUB_CFG = """\
 set timeout=1
 insmod ext2
 search --no-floppy --fs-uuid --set=root {uuid}
-menuentry "Debian GNU/Linux" {{
+menuentry "{title}" {{
     linux /vmlinuz root=UUID={uuid} ro console=ttyS0,115200 net.ifnames=0 biosdevname=0 quiet
     initrd /initrd.img
 }}
+"""
+
+# For update-grub in the VM (a kernel upgrade runs it): the same console and NIC names
+# (eth0: the networkd unit above) as the box's own grub.cfg, and GRUB in text mode on the
+# serial line. Seen on Ubuntu 20.04 under TCG after a stock update-grub: the VM rebooted
+# with NICs named ens5, ens6 (no DHCP: unreachable), and once hung in the BIOS before the
+# kernel (a graphical terminal, and the VMs have no video device).
+GRUB_DEFAULTS = """\
+# Written by mailcluster's Vagrant box build: update-grub keeps the box's serial console
+# and NIC names (eth0, which systemd-networkd's unit matches); no graphics (no video
+# device in the VM).
+GRUB_TIMEOUT=1
+GRUB_TIMEOUT_STYLE=menu
+GRUB_RECORDFAIL_TIMEOUT=5
+GRUB_TERMINAL="serial console"
+GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+GRUB_GFXPAYLOAD_LINUX=text
+GRUB_CMDLINE_LINUX_DEFAULT="quiet"
+GRUB_CMDLINE_LINUX="console=ttyS0,115200 net.ifnames=0 biosdevname=0"
 """
 
 BOX_VAGRANTFILE = """\
@@ -103,27 +178,36 @@ def vagrant_insecure_key() -> str:
     )
 
 
-def packages() -> list[str]:
-    return sorted(set(PACKAGES))
+def packages(s: BoxSpec) -> list[str]:
+    return sorted({*PACKAGES, *s.extra_packages})
 
 
-def recipe() -> dict[str, object]:
+def kernel_packages(s: BoxSpec) -> list[str]:
+    return [*s.kernel, *BOOT_PACKAGES]
+
+
+def recipe(s: BoxSpec) -> dict[str, object]:
+    p = s.lab_platform
     return {
         "version": RECIPE_VERSION,
-        "suite": DEBIAN12.suite,
-        "mirror": DEBIAN12.mirror,
-        "packages": packages(),
-        "kernel": KERNEL_PACKAGES,
+        "platform": p.name,
+        "suite": p.suite,
+        "mirror": p.mirror,
+        "components": list(p.components),
+        "keys": list(p.keys),
+        "packages": packages(s),
+        "kernel": kernel_packages(s),
+        "grub_title": s.grub_title,
         "disk_gb": config.BOX_DISK_GB,
         "files": hashlib.sha256(
-            (NETWORK_UNIT + SSH_DROPIN + GRUB_CFG + BOX_VAGRANTFILE).encode()
+            (NETWORK_UNIT + SSH_DROPIN + GRUB_CFG + GRUB_DEFAULTS + BOX_VAGRANTFILE).encode()
         ).hexdigest(),
     }
 
 
-def box_file() -> Path:
-    digest = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:12]
-    return config.CACHE / f"debian12-libvirt-{digest}.box"
+def box_file(s: BoxSpec) -> Path:
+    digest = hashlib.sha256(json.dumps(recipe(s), sort_keys=True).encode()).hexdigest()[:12]
+    return config.CACHE / f"{s.short_name}-libvirt-{digest}.box"
 
 
 @contextlib.contextmanager
@@ -161,12 +245,30 @@ def _chroot(root: Path, *cmd: str, input: str | None = None) -> None:
     )
 
 
-def build() -> Path:
-    """Build the box file for the current recipe (or return the cached one)."""
-    final = box_file()
+def build(platform: str = config.DEFAULT_PLATFORM) -> Path:
+    """Build the platform's box file for the current recipe (or return the cached one).
+
+    The build runs in a mount namespace of its own (``unshare``; ``main`` below): a mount
+    namespace made meanwhile by another program (the lab's machines get one each) would
+    otherwise hold a copy of the disk's mount, so that `umount` here did not write the
+    file system out (seen: a Debian 12 box whose disk, as GRUB reads it, had no kernel
+    and no grub.cfg until its journal was replayed)."""
+    s = spec(platform)
+    final = box_file(s)
     if final.exists():
         return final
-    work = config.CACHE / "box-build"
+    cmd = ["unshare", "--mount", "--propagation", "private"]
+    cmd += [sys.executable, "-m", "mailcluster.vagrant.box", platform]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0 or not final.exists():
+        raise LabError(f"building the {platform} box failed (exit {proc.returncode}; see above)")
+    return final
+
+
+def _build(s: BoxSpec) -> Path:
+    p = s.lab_platform
+    final = box_file(s)
+    work = config.CACHE / f"box-build-{s.short_name}"
     if work.exists():  # a killed build: start over
         for line in Path("/proc/self/mounts").read_text().splitlines():
             point = line.split()[1]
@@ -174,7 +276,8 @@ def build() -> Path:
                 run(["umount", "-l", point], check=False)
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    log(f"building the Debian 12 box {final.name} (once per recipe; several minutes)")
+    log(f"building the {p.distro} {p.version} box {final.name} (once per recipe; minutes)")
+    keyring = platforms.pinned_keyring(p, config.CACHE / "keyrings" / f"{p.name}.gpg")
     raw = work / "disk.raw"
     run(["truncate", "-s", f"{config.BOX_DISK_GB}G", raw])
     fs_uuid = str(uuid.uuid4())
@@ -185,13 +288,16 @@ def build() -> Path:
             [
                 "debootstrap",
                 "--variant=minbase",
-                f"--include={','.join(packages())}",
-                DEBIAN12.suite,
+                f"--keyring={keyring}",
+                f"--components={','.join(p.components)}",
+                f"--include={','.join(packages(s))}",
+                p.suite,
                 mnt,
-                DEBIAN12.mirror,
+                p.mirror,
             ]
         )
-        _configure(mnt, fs_uuid, loop)
+        _configure(s, mnt, fs_uuid, loop)
+    _check_disk(raw)
     img = work / "box.img"
     run(["qemu-img", "convert", "-O", "qcow2", raw, img])
     raw.unlink()
@@ -205,18 +311,18 @@ def build() -> Path:
             tar.add(work / name, arcname=name)
     partial.rename(final)
     shutil.rmtree(work)
-    for stale in config.CACHE.glob("debian12-libvirt-*.box"):
+    for stale in config.CACHE.glob(f"{s.short_name}-libvirt-*.box"):
         if stale != final:
             stale.unlink()
     log(f"box built: {final}")
     return final
 
 
-def _configure(root: Path, fs_uuid: str, loop: str) -> None:
-    (root / "etc/apt/sources.list").write_text(DEBIAN12.sources_list())
+def _configure(s: BoxSpec, root: Path, fs_uuid: str, loop: str) -> None:
+    (root / "etc/apt/sources.list").write_text(s.lab_platform.sources_list())
     (root / "etc/apt/apt.conf.d/10mclab-snapshot").write_text(lab_image.APT_SNAPSHOT_CONF)
-    (root / "etc/hostname").write_text("debian12\n")
-    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tdebian12\n")
+    (root / "etc/hostname").write_text(f"{s.short_name}\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{s.short_name}\n")
     (root / "etc/fstab").write_text(f"UUID={fs_uuid} / ext4 errors=remount-ro 0 1\n")
     # The host's resolvers while building; the VM's own (resolved's stub) at the end.
     resolv = root / "etc/resolv.conf"
@@ -232,7 +338,11 @@ def _configure(root: Path, fs_uuid: str, loop: str) -> None:
         "grub-pc grub-pc/install_devices_empty boolean true\n",
     )
     _chroot(root, "apt-get", "update", "-qq")
-    _chroot(root, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *KERNEL_PACKAGES)
+    # debootstrap takes the release pocket only (for focal: April 2020's packages): the
+    # box gets the updates and security fixes, as a maintained cloud image has them.
+    _chroot(root, "apt-get", "dist-upgrade", "-y", "-qq", "--no-install-recommends")
+    _chroot(root, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *kernel_packages(s))
+    _boot_links(root)
     _chroot(
         root,
         "grub-install",
@@ -241,7 +351,10 @@ def _configure(root: Path, fs_uuid: str, loop: str) -> None:
         "--modules=ext2 biosdisk search_fs_uuid",
         loop,
     )
-    (root / "boot/grub/grub.cfg").write_text(GRUB_CFG.format(uuid=fs_uuid))
+    (root / "boot/grub/grub.cfg").write_text(GRUB_CFG.format(uuid=fs_uuid, title=s.grub_title))
+    defaults = root / "etc/default/grub.d/50-mailcluster.cfg"
+    defaults.parent.mkdir(parents=True, exist_ok=True)
+    defaults.write_text(GRUB_DEFAULTS)
     # Network: DHCP on the first NIC; DNS from DHCP through systemd-resolved.
     net = root / "etc/systemd/network/90-mailcluster-eth0.network"
     net.write_text(NETWORK_UNIT)
@@ -272,30 +385,76 @@ def _configure(root: Path, fs_uuid: str, loop: str) -> None:
         run(["umount", "-l", root / sub], check=False)
 
 
-def registered() -> bool:
+def _check_disk(raw: Path) -> None:
+    """The disk as GRUB reads it (GRUB replays no journal): cleanly unmounted, and with
+    what it boots."""
+    if "needs_recovery" in run(["dumpe2fs", "-h", raw]).stdout:
+        raise LabError(f"{raw}: the file system was not written out at unmount (journal)")
+    for path in ("/vmlinuz", "/initrd.img", "/boot/grub/grub.cfg", "/boot/grub/i386-pc"):
+        found = run(["debugfs", "-R", f"stat {path}", raw], check=False)
+        if found.returncode != 0 or "not found" in found.stdout + found.stderr:
+            raise LabError(f"{raw}: no {path} in the file system as GRUB reads it")
+
+
+def _boot_links(root: Path) -> None:
+    """/vmlinuz and /initrd.img, which grub.cfg boots: the kernel package's postinst
+    makes them (linux-base); made here if it did not."""
+    for link, pattern in (("vmlinuz", "vmlinuz-*"), ("initrd.img", "initrd.img-*")):
+        path = root / link
+        if path.exists():
+            continue
+        found = sorted((root / "boot").glob(pattern))
+        if not found:
+            raise LabError(f"the box has no /boot/{pattern}: the kernel did not install")
+        path.unlink(missing_ok=True)
+        path.symlink_to(f"boot/{found[-1].name}")
+
+
+def registered(name: str) -> bool:
     proc = run(["vagrant", "box", "list", "--machine-readable"], check=False)
-    return f",box-name,{config.BOX_NAME}" in proc.stdout
+    return f",box-name,{name}" in proc.stdout
 
 
-def ensure() -> str:
-    """Build (once) and register the box; returns its name (MAILCLUSTER_BOX)."""
-    path = build()
-    marker = config.CACHE / "registered"
-    if registered() and marker.exists() and marker.read_text() == path.name:
-        return config.BOX_NAME
-    log(f"registering {path.name} as the Vagrant box {config.BOX_NAME}")
-    run(["vagrant", "box", "add", "--force", "--name", config.BOX_NAME, path])
+def ensure(platform: str = config.DEFAULT_PLATFORM) -> str:
+    """Build (once) and register the platform's box; returns its name (MAILCLUSTER_BOX)."""
+    s = spec(platform)
+    path = build(platform)
+    marker = config.CACHE / f"registered-{s.short_name}"
+    if registered(s.box_name) and marker.exists() and marker.read_text() == path.name:
+        return s.box_name
+    log(f"registering {path.name} as the Vagrant box {s.box_name}")
+    run(["vagrant", "box", "add", "--force", "--name", s.box_name, path])
     # A new box version: libvirt's copy of the old one (in the storage pool) must go.
     for vol in _pool_volumes():
-        if vol.startswith(config.BOX_NAME.replace("/", "-VAGRANTSLASH-")):
+        if vol.startswith(s.box_name.replace("/", "-VAGRANTSLASH-") + "_"):
             run(
                 ["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", vol],
                 check=False,
             )
     marker.write_text(path.name)
-    return config.BOX_NAME
+    return s.box_name
 
 
 def _pool_volumes() -> list[str]:
     proc = run(["virsh", "-c", "qemu:///system", "vol-list", "--pool", "default"], check=False)
     return [line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mailcluster.vagrant.box PLATFORM``: the build itself, which ``build``
+    runs in a mount namespace of its own (``python -m mailcluster.vagrant box`` builds
+    and registers)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m mailcluster.vagrant.box PLATFORM", file=sys.stderr)
+        return 2
+    try:
+        _build(spec(args[0]))
+    except LabError as exc:
+        print(f"box: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

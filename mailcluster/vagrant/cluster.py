@@ -24,17 +24,20 @@ from mailcluster.lab import pki
 from mailcluster.lab.core import exercise_settings
 from mailcluster.lab.machines import _ssh_ready
 from mailcluster.lab.system import LabError, log, run, wait_until
-from mailcluster.lab.topology import machines as topology_machines
 from mailcluster.site import REPO_ROOT
 from mailcluster.vagrant import box, config, host
+from mailcluster.vagrant.topology import vms
 
 
 def vagrant_env(topology: str) -> dict[str, str]:
-    """The environment `vagrant` runs with: the topology, and the box and provider
-    (defaults: the locally built Debian 12 box on libvirt)."""
+    """The environment `vagrant` runs with: the topology, the boxes and the provider
+    (defaults: the locally built boxes, Ubuntu 20.04 for mail nodes and Debian 12 for
+    webmail hosts as in the lab, on libvirt)."""
+    boxes = config.selected_boxes()
     return {
         "MAILCLUSTER_TOPOLOGY": topology,
-        "MAILCLUSTER_BOX": os.environ.get("MAILCLUSTER_BOX", config.BOX_NAME),
+        "MAILCLUSTER_BOX": boxes.box,
+        "MAILCLUSTER_WEBMAIL_BOX": boxes.webmail_box,
         "MAILCLUSTER_PROVIDER": os.environ.get("MAILCLUSTER_PROVIDER", "libvirt"),
         "MAILCLUSTER_SUBNET": str(config.SUBNET.network_address).rsplit(".", 1)[0],
     }
@@ -200,7 +203,7 @@ def _write_site(hosts: list[dict[str, Any]]) -> None:
     site = {
         "domain": config.DOMAIN,
         "service_names": {s: f"{s}.{config.DOMAIN}" for s in ("imap", "smtp", "webmail")},
-        "hosts": hosts,
+        "hosts": [{k: h[k] for k in ("name", "address", "groups")} for h in hosts],
         "ntp_servers": [str(config.GATEWAY)],
         "apt_proxy": host.apt_proxy_url(),
         "smarthost": f"{config.GATEWAY}::{config.SINK_PORT}",
@@ -222,19 +225,18 @@ def _write_site(hosts: list[dict[str, Any]]) -> None:
 
 
 def hosts_for(topology: str) -> list[dict[str, Any]]:
-    """The topology's hosts on the Vagrantfile's addresses (.11, .12, ... in order)."""
-    base = config.SUBNET.network_address + config.FIRST_HOST
-    return [
-        {"name": m.name, "address": str(base + i), "groups": list(m.groups)}
-        for i, m in enumerate(topology_machines(topology))
-    ]
+    """The topology's hosts on the Vagrantfile's addresses (.11, .12, ... in order), each
+    with its box's platform when the box is built here (as the lab's state has them)."""
+    keys = ("name", "address", "groups", "platform")
+    return [{k: vm[k] for k in keys if k in vm} for vm in vms(topology)]
 
 
 def up(topology: str) -> None:
     started = time.monotonic()
     host.check_libvirt()
-    if os.environ.get("MAILCLUSTER_BOX", config.BOX_NAME) == config.BOX_NAME:
-        box.ensure()
+    boxes = config.selected_boxes()
+    for platform in boxes.built_here():  # the boxes made here (once) that the VMs boot
+        box.ensure(platform)
     hosts = hosts_for(topology)
     config.STATE.mkdir(parents=True, exist_ok=True)
     config.STATE.chmod(0o700)
@@ -262,6 +264,7 @@ def up(topology: str) -> None:
     state = {
         "target": "vagrant",
         "topology": topology,
+        "platform": boxes.platform,
         "hosts": hosts,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -305,6 +308,9 @@ def info() -> dict[str, Any]:
         "target": "vagrant",
         "domain": config.DOMAIN,
         "topology": state["topology"],
+        # The mail nodes' platform, as the lab's info has it (None: a box not built
+        # here); each host's own is in hosts[].platform when known.
+        "platform": state.get("platform"),
         "ca_cert": str(config.SECRETS / "tls" / "ca.pem"),
         "ssh_config": str(config.SSH_CONFIG),
         "site_file": str(config.SITE_FILE),

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from mailcluster.lab import config as lab_config
+from mailcluster.lab import platforms as lab_platforms
+from mailcluster.lab.system import LabError
 from mailcluster.site import REPO_ROOT
 
 PREFIX = "mcvagrant"  # machine-wide names: never the lab's "mclab"
@@ -28,7 +32,7 @@ MGMT_SUBNET = ipaddress.IPv4Network("10.78.1.0/24")
 VAR = Path("/var/lib") / PREFIX
 RUN = VAR / "run"
 SECRETS = VAR / "secrets"
-# Caches kept across runs: the Debian 12 box, the package cache.
+# Caches kept across runs: the boxes, the package cache.
 CACHE = Path("/var/cache") / PREFIX
 APT_CACHE = CACHE / "apt"
 # The checkout's state (git-ignored with .vagrant/): ssh_config, known_hosts, site file,
@@ -46,13 +50,77 @@ APT_PROXY_PORT = 3151
 SINK_PORT = 25
 NTP_PORT = 123
 
-# The locally built Debian 12 libvirt box (there is no box download here).
-BOX_NAME = "mailcluster/debian12"
+# The locally built libvirt boxes (mailcluster/vagrant/box.py; there is no box download
+# here), one per lab platform (mailcluster/lab/platforms.py) that has a box recipe.
+BOX_NAMES = {
+    "ubuntu20.04": "mailcluster/ubuntu2004",
+    "debian12": "mailcluster/debian12",
+}
+# The default: production's Ubuntu 20.04, as the lab's (platforms.DEFAULT).
+DEFAULT_PLATFORM = lab_platforms.DEFAULT
+BOX_NAME = BOX_NAMES[DEFAULT_PLATFORM]
 BOX_DISK_GB = 20
+
+
+def platform_of_box(box: str) -> str | None:
+    """The lab platform of one of the boxes built here; None for any other box."""
+    return next((p for p, name in BOX_NAMES.items() if name == box), None)
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """Which box each VM boots: mail (and other) hosts ``box``, webmail hosts
+    ``webmail_box``; the platforms are None for boxes not built here."""
+
+    box: str
+    platform: str | None
+    webmail_box: str
+    webmail_platform: str | None
+
+    def built_here(self) -> list[str]:
+        """The platforms whose boxes `up` builds and registers (in use, made here)."""
+        return list(dict.fromkeys(p for p in (self.platform, self.webmail_platform) if p))
+
+
+def selected_boxes(env: Mapping[str, str] | None = None) -> Boxes:
+    """The boxes from the environment, as the lab picks machines' platforms:
+
+    - MAILCLUSTER_BOX names the box (one built here, e.g. mailcluster/debian12, or any
+      other, e.g. generic/ubuntu2004); else MAILCLUSTER_PLATFORM names the platform whose
+      box is built here (ubuntu20.04, debian12); else Ubuntu 20.04.
+    - Webmail hosts: MAILCLUSTER_WEBMAIL_BOX; else, for a box built here, the box of the
+      platform the lab gives webmail hosts (the same one when its archive has a RoundCube
+      with the known fixes, else Debian 12: the deploy refuses an unfixed RoundCube,
+      mailcluster/webmail_security.py); else the same box.
+    """
+    from mailcluster.lab.topology import webmail_platform
+
+    env = os.environ if env is None else env
+    box = env.get("MAILCLUSTER_BOX", "")
+    if box:
+        platform = platform_of_box(box)
+    else:
+        platform = env.get("MAILCLUSTER_PLATFORM", "") or DEFAULT_PLATFORM
+        if platform not in BOX_NAMES:
+            raise LabError(
+                f"MAILCLUSTER_PLATFORM={platform!r}: a box is built here for "
+                f"{', '.join(BOX_NAMES)} only (or name any box in MAILCLUSTER_BOX)"
+            )
+        box = BOX_NAMES[platform]
+    web_box = env.get("MAILCLUSTER_WEBMAIL_BOX", "")
+    if web_box:
+        web_platform = platform_of_box(web_box)
+    elif platform:
+        web_platform = webmail_platform(platform)
+        web_box = BOX_NAMES[web_platform]
+    else:
+        web_box, web_platform = box, None
+    return Boxes(box, platform, web_box, web_platform)
+
 
 DOMAIN = lab_config.DOMAIN
 TEST_USERS = lab_config.TEST_USERS
 FIRST_UID = lab_config.FIRST_UID
 
-# Under TCG a Debian guest boots in about 50 s; this is the give-up point for SSH.
+# Under TCG a guest boots in about a minute; this is the give-up point for SSH.
 BOOT_TIMEOUT_S = 600
