@@ -47,6 +47,7 @@ from mailcluster.roles.base import BASE_PACKAGES  # noqa: E402
 from mailcluster.roles.dovecot import PACKAGES as DOVECOT  # noqa: E402
 from mailcluster.roles.exim import PACKAGES as EXIM  # noqa: E402
 from mailcluster.roles.fail2ban import PACKAGES as FAIL2BAN  # noqa: E402
+from mailcluster.roles.webmail import packages as webmail_role_packages  # noqa: E402
 
 PACKAGES = {"mail": [*EXIM, *DOVECOT, *FAIL2BAN], "db": ["postgresql"]}
 
@@ -54,17 +55,7 @@ PACKAGES = {"mail": [*EXIM, *DOVECOT, *FAIL2BAN], "db": ["postgresql"]}
 def webmail_packages(platform: str) -> list[str]:
     """What mailcluster/roles/webmail.py installs on a host of the lab ``platform``."""
     p = PLATFORMS[platform]
-    php = PHP[(p.distro, p.major)]
-    return [
-        f"php{php}-fpm",
-        f"php{php}-cli",
-        f"php{php}-pgsql",
-        "nginx",
-        "postgresql-client",
-        "roundcube-core",
-        "roundcube-pgsql",
-        *FAIL2BAN,
-    ]
+    return [*webmail_role_packages(PHP[(p.distro, p.major)]), *FAIL2BAN]
 
 
 PY = sys.executable

@@ -73,42 +73,26 @@ class LabPlatform:
         return (self.mirror, self.security_mirror)
 
 
+def _ubuntu(version: str, suite: str) -> LabPlatform:
+    return LabPlatform(
+        f"ubuntu{version}",
+        "Ubuntu",
+        version,
+        suite,
+        UBUNTU_MIRROR,
+        UBUNTU_SECURITY,
+        ("main", "universe"),
+        UBUNTU_KEYRING,
+        UBUNTU_KEYS,
+    )
+
+
 PLATFORMS = {
     p.name: p
     for p in (
-        LabPlatform(
-            "ubuntu20.04",
-            "Ubuntu",
-            "20.04",
-            "focal",
-            UBUNTU_MIRROR,
-            UBUNTU_SECURITY,
-            ("main", "universe"),
-            UBUNTU_KEYRING,
-            UBUNTU_KEYS,
-        ),
-        LabPlatform(
-            "ubuntu22.04",
-            "Ubuntu",
-            "22.04",
-            "jammy",
-            UBUNTU_MIRROR,
-            UBUNTU_SECURITY,
-            ("main", "universe"),
-            UBUNTU_KEYRING,
-            UBUNTU_KEYS,
-        ),
-        LabPlatform(
-            "ubuntu24.04",
-            "Ubuntu",
-            "24.04",
-            "noble",
-            UBUNTU_MIRROR,
-            UBUNTU_SECURITY,
-            ("main", "universe"),
-            UBUNTU_KEYRING,
-            UBUNTU_KEYS,
-        ),
+        _ubuntu("20.04", "focal"),
+        _ubuntu("22.04", "jammy"),
+        _ubuntu("24.04", "noble"),
         LabPlatform(
             "debian12",
             "Debian",

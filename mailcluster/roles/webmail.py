@@ -28,6 +28,21 @@ PLUGIN_DIR = "/var/lib/roundcube/plugins/mailcluster"
 BODY_FACTOR = 4
 
 
+def packages(php: str) -> list[str]:
+    """What the role installs, for PHP version ``php`` (mailcluster.platform.PHP)."""
+    return [
+        f"php{php}-fpm",
+        # `php -l` validates config.inc.php before it goes live (RoundCube 1.4's package
+        # does not pull the command-line PHP in).
+        f"php{php}-cli",
+        f"php{php}-pgsql",
+        "nginx",
+        "postgresql-client",
+        "roundcube-core",
+        "roundcube-pgsql",
+    ]
+
+
 class RoundcubeSchema(FactBase[dict[str, str]]):
     """The schema version in RoundCube's database, and the newest the package ships."""
 
@@ -129,17 +144,7 @@ def webmail() -> None:
     )
     apt.packages(
         name="Install nginx, php-fpm and RoundCube",
-        packages=[
-            f"php{php}-fpm",
-            # `php -l` validates config.inc.php before it goes live (RoundCube 1.4's
-            # package does not pull the command-line PHP in).
-            f"php{php}-cli",
-            f"php{php}-pgsql",
-            "nginx",
-            "postgresql-client",
-            "roundcube-core",
-            "roundcube-pgsql",
-        ],
+        packages=packages(php),
         no_recommends=True,
     )
     tls_ops = install_tls()
