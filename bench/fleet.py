@@ -91,6 +91,19 @@ def fresh_lab() -> float:
     return took
 
 
+def versions_of(info: dict[str, Any], name: str) -> str:
+    """The mail daemons' versions on mail node ``name``, as the table names them."""
+    proc = subprocess.run(
+        ["ssh", "-F", info["ssh_config"], name, "dovecot --version; exim4 --version | head -1"],
+        capture_output=True,
+        text=True,
+    )
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or len(lines) < 2:
+        return f"{name}: versions unknown ({proc.stderr.strip()[-200:]})"
+    return f"{name}: Dovecot {lines[0].split()[0]}, {lines[1].split(' #')[0]}"
+
+
 def ssh(info: dict[str, Any], name: str, command: str) -> None:
     proc = subprocess.run(
         ["ssh", "-F", info["ssh_config"], name, command], capture_output=True, text=True
@@ -263,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     table = "| figure | value | notes |\n|---|---|---|\n"
+    plats: dict[str, list[str]] = {}
+    for h in info["hosts"]:
+        plats.setdefault(h["platform"], []).append(h["name"])
+    on = "; ".join(f"{p}: {len(names)} hosts ({', '.join(names)})" for p, names in plats.items())
+    versions = versions_of(info, next(h["name"] for h in info["hosts"] if "mail" in h["groups"]))
     table += "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
     print(table)
     if args.write:
@@ -270,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             f.write(
                 f"\n## The 20-host figures (`bench/fleet.py`), {started:%Y-%m-%d %H:%M} UTC\n\n"
                 f"Lab `full` topology (the production inventory's 20 hosts as lab machines) "
-                f"on {machine()}. Command: `make bench-fleet`.\n\n{table}"
+                f"on {machine()}. Platforms: {on}. On {versions}. "
+                f"Command: `make bench-fleet`.\n\n{table}"
             )
     return 0
 
