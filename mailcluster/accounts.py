@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import math
 import os
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")  # what NSS and Dovecot both accept
@@ -80,6 +82,23 @@ def backend_for(user: str, nodes: Iterable[str], overrides: Mapping[str, str] | 
 
 def passwords_file(secrets_dir: Path) -> Path:
     return secrets_dir / "imap-passwords"
+
+
+@contextlib.contextmanager
+def locked(secrets_dir: Path, what: str = "store") -> Iterator[None]:
+    """An exclusive lock on the deploying machine, held for the block: ``"store"`` around
+    a read-modify-write of the password store (two `mailctl passwd` at once would
+    otherwise each write the store they read, and one change would be lost), ``"push"``
+    around a passdb push (a push renders the store as it reads it; serialised, the last
+    push has every change made before it started). A lock file in secrets_dir, so it
+    covers every mailctl on this machine; operators on two machines are not covered."""
+    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(secrets_dir / f".{what}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_passwords(secrets_dir: Path) -> dict[str, str]:

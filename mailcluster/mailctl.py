@@ -63,10 +63,12 @@ def set_password(inventory: str, user: str, password: str) -> None:
         raise MailctlError(f"{user!r} is not a valid user name")
     check_password(password)
     site = load_site(inventory)
-    hashes = accounts.read_passwords(site.secrets_dir)
-    hashes[user] = accounts.cram_md5_hash(password)
-    accounts.write_passwords(site.secrets_dir, hashes)
-    push(inventory)
+    with accounts.locked(site.secrets_dir, "store"):
+        hashes = accounts.read_passwords(site.secrets_dir)
+        hashes[user] = accounts.cram_md5_hash(password)
+        accounts.write_passwords(site.secrets_dir, hashes)
+    with accounts.locked(site.secrets_dir, "push"):
+        push(inventory)
 
 
 def _run_deploy(inventory: str, deploy_file: str, limit: str, failure: str) -> None:

@@ -209,6 +209,48 @@ def test_mailctl_passwd_replaces_the_password_on_every_node_without_restart(lab,
     login(node_address(lab, MAIL_NODES[0]), "tls", "LOGIN", user, old, lab).logout()
 
 
+def test_ten_mailctl_passwd_at_once_lose_no_change(lab) -> None:
+    """Ten password changes for ten users at the same time (an operator and the
+    registration page, say): every new password works on every node afterwards and no
+    old one does. Without the store and push locks, one run's write or push replaced
+    another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    users = lab["bench_accounts"]["users"][:10]
+    old = lab["bench_accounts"]["password"]
+    new = {u: f"parallel-change-{i}-{u}" for i, u in enumerate(users)}
+
+    def change(passwords: dict[str, str]) -> dict[str, str]:
+        with ThreadPoolExecutor(len(passwords)) as pool:
+            procs = pool.map(
+                lambda u: mailctl("passwd", u, "--stdin", stdin=passwords[u] + "\n"), passwords
+            )
+            return {
+                u: p.stderr[-500:]
+                for u, p in zip(passwords, list(procs), strict=True)
+                if p.returncode
+            }
+
+    try:
+        assert change(new) == {}
+        wrong: dict[tuple[str, str], str] = {}
+        for node in MAIL_NODES:
+            address = node_address(lab, node)
+            for user in users:
+                try:
+                    login(address, "tls", "LOGIN", user, new[user], lab).logout()
+                except imaplib.IMAP4.error as exc:
+                    wrong[(node, user)] = f"new password refused: {exc}"
+                result = attempt(lab, address, "tls", "LOGIN", user, old)
+                if "AUTHENTICATIONFAILED" not in result:
+                    wrong[(node, user)] = f"old password: {result}"
+        assert wrong == {}
+    finally:
+        assert change(dict.fromkeys(users, old)) == {}
+    for user in users:
+        login(node_address(lab, MAIL_NODES[0]), "tls", "LOGIN", user, old, lab).logout()
+
+
 def test_mailctl_refuses_a_password_on_the_command_line() -> None:
     proc = mailctl("passwd", "dave", "hunter2hunter2")
     assert proc.returncode == 2

@@ -89,3 +89,29 @@ def test_a_production_node_accepts_at_least_4000_imap_sessions() -> None:
 
 def test_a_small_machine_keeps_a_floor() -> None:
     assert sizing.dovecot(vcpus=1, memory_mb=512).imap_process_limit == sizing.IMAP_MIN_SESSIONS
+
+
+def _slow_change(secrets_dir: str, user: str) -> None:
+    """A read-modify-write of the store with a pause in the middle (a slow machine)."""
+    import time
+
+    with accounts.locked(Path(secrets_dir)):
+        hashes = accounts.read_passwords(Path(secrets_dir))
+        time.sleep(0.05)
+        hashes[user] = accounts.cram_md5_hash(f"password-of-{user}")
+        accounts.write_passwords(Path(secrets_dir), hashes)
+
+
+def test_concurrent_changes_to_the_store_under_its_lock_lose_nothing(tmp_path) -> None:
+    import multiprocessing
+
+    users = [f"user{i}" for i in range(10)]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_slow_change, args=(str(tmp_path), u)) for u in users]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    stored = accounts.read_passwords(tmp_path)
+    assert stored == {u: accounts.cram_md5_hash(f"password-of-{u}") for u in users}
