@@ -191,6 +191,7 @@ def dovecot() -> None:
         context={
             "master_user": MASTER_USER,
             "hash": accounts.ssha512_hash(master["password"], bytes.fromhex(master["salt"])),
+            "proxies": [h.address for h in mail_nodes if h.name != me.name],
         },
         mode="640",
         group="dovecot",

@@ -51,7 +51,11 @@ DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
         "openssl_conf": "/etc/dovecot/openssl.cnf",
     },
     "dovecot/passdb.j2": _PASSDB,
-    "dovecot/masterdb.j2": {"master_user": "mailcluster-proxy", "hash": "{SSHA512}x"},
+    "dovecot/masterdb.j2": {
+        "master_user": "mailcluster-proxy",
+        "hash": "{SSHA512}x",
+        "proxies": ["10.0.0.12"],
+    },
     "dovecot/service-override.conf.j2": {"limits": _LIMITS},
     "dovecot/openssl.cnf.j2": {},
     "roundcube/mailcluster_plugin.php.j2": {},
