@@ -19,7 +19,7 @@ from mailcluster.templating import render
 @operation()
 def managed_file(
     dest: str,
-    template: str,
+    template: str | None = None,
     context: dict[str, Any] | None = None,
     validate: str | None = None,
     mode: str = "644",
@@ -29,6 +29,8 @@ def managed_file(
     banner: bool = True,
     notify: list[str] | None = None,
     always: bool = False,
+    secret: bool = False,
+    content: str | None = None,
 ):
     """Render ``template`` to ``dest``; the live file changes only if the candidate validates.
 
@@ -40,8 +42,16 @@ def managed_file(
       as the new file goes live, so a run that stops before the reload leaves it pending.
     + always: write even if the live file already has this content (facts are read before
       the run: an earlier step of the same run may have replaced the file meanwhile).
+    + secret: the file holds secrets (keys, passwords, password hashes): ``--diff`` says
+      which lines change, never what they hold (a dry run's output ends up in terminals,
+      tickets and CI logs).
+    + content: the file's text as is, instead of a template (e.g. a private key).
     """
-    content = render(template, comment=comment, banner=banner, **(context or {}))
+    if content is None:
+        if template is None:
+            raise ValueError(f"{dest}: managed_file needs a template or content")
+        content = render(template, comment=comment, banner=banner, **(context or {}))
+    source = f"templates/{template}" if template else "the site's file"
     digest = hashlib.sha1(content.encode()).hexdigest()
     remote = host.get_fact(File, path=dest)
     # pyinfra's File fact reports mode as the octal digits read as decimal (0o640 -> 640).
@@ -58,14 +68,20 @@ def managed_file(
 
     if state.config.DIFF:
         old = host.get_fact(FileContents, path=dest) if remote else []
-        host.log(f"Will {'modify' if remote else 'create'} {dest}", logger.info)
-        for line in difflib.unified_diff(
-            [line + "\n" for line in (old or [])],
-            content.splitlines(keepends=True),
-            fromfile=f"{dest} (live)",
-            tofile=f"{dest} (templates/{template})",
-        ):
-            logger.info("  %s", line.rstrip("\n"))
+        verb = "modify" if remote else "create"
+        if secret:
+            host.log(f"Will {verb} {dest} (it holds secrets: values not shown)", logger.info)
+            for line in redacted_diff(old or [], content.splitlines()):
+                logger.info("  %s", line)
+        else:
+            host.log(f"Will {verb} {dest}", logger.info)
+            for line in difflib.unified_diff(
+                [line + "\n" for line in (old or [])],
+                content.splitlines(keepends=True),
+                fromfile=f"{dest} (live)",
+                tofile=f"{dest} ({source})",
+            ):
+                logger.info("  %s", line.rstrip("\n"))
 
     candidate = f"{dest}.mailcluster-new"
     q_cand, q_dest = shlex.quote(candidate), shlex.quote(dest)
@@ -83,6 +99,23 @@ def managed_file(
     if marks:
         yield StringCommand(f"mkdir -p {PENDING}")
     yield StringCommand(f"mv -f {q_cand} {q_dest}{marks}")
+
+
+def redacted_diff(old: list[str], new: list[str]) -> list[str]:
+    """Which lines of a secret-bearing file a change touches, by number, with nothing of
+    what they hold: ``replace: lines 3-4 (live) -> lines 3-5 (new)``."""
+
+    def span(a: int, b: int) -> str:
+        if a == b:
+            return "none"
+        return f"line {a + 1}" if b == a + 1 else f"lines {a + 1}-{b}"
+
+    out = [f"{len(old)} lines live, {len(new)} lines new"]
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+    for tag, a1, a2, b1, b2 in matcher.get_opcodes():
+        if tag != "equal":
+            out.append(f"{tag}: {span(a1, a2)} (live) -> {span(b1, b2)} (new)")
+    return out
 
 
 # Services whose configuration changed but that were not yet reloaded: a marker per

@@ -89,6 +89,15 @@ def backend_of(lab: dict[str, Any], user: str) -> str:
     return backend_for(user, [h["name"] for h in lab["hosts"] if "mail" in h["groups"]])
 
 
+class LabInfo(dict[str, Any]):
+    """The target's info; its repr names the keys only. A failing test's traceback shows
+    its fixtures' values, and this one holds the test users' passwords: CI logs keep
+    them."""
+
+    def __repr__(self) -> str:
+        return f"<lab info: {', '.join(sorted(self))}>"
+
+
 @pytest.fixture(scope="session")
 def lab() -> dict[str, Any]:
     """The target's `info --json`: the lab's, or with MAILCLUSTER_TARGET=vagrant the
@@ -103,7 +112,7 @@ def lab() -> dict[str, Any]:
     if proc.returncode != 0:
         hint = "make vagrant-test" if TARGET == "vagrant" else "make lab"
         pytest.fail(f"the {TARGET} target is not up ({proc.stderr.strip()}); run: {hint}")
-    return json.loads(proc.stdout)
+    return LabInfo(json.loads(proc.stdout))
 
 
 @pytest.fixture(scope="session")

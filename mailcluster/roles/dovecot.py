@@ -153,6 +153,7 @@ def push_passdb() -> None:
             context=passdb_context(site, host.name, moving),
             mode="640",
             group="dovecot",
+            secret=True,
         )
         mine = sorted(u for u, old in moving.items() if old == host.name)
         if mine:
@@ -167,8 +168,13 @@ def push_passdb() -> None:
         context=passdb_context(site, host.name),
         mode="640",
         group="dovecot",
-        # Every line USER:{CRAM-MD5}<64 hex>:...; a malformed line locks a user out.
-        validate="! grep -Ev '^(#|$|[a-z_][a-z0-9_.-]*:\\{{CRAM-MD5\\}}[0-9a-f]{{64}}:)' {path}",
+        secret=True,
+        # Every line USER:{CRAM-MD5}<64 hex>:...; a malformed line locks a user out. The
+        # failure names the bad lines by number only: they hold password hashes.
+        validate=(
+            "! grep -Evn '^(#|$|[a-z_][a-z0-9_.-]*:\\{{CRAM-MD5\\}}[0-9a-f]{{64}}:)' {path}"
+            " | sed 's/:.*/: malformed line/' | grep ."
+        ),
     )
 
 
@@ -193,6 +199,7 @@ def dovecot() -> None:
             "hash": accounts.ssha512_hash(master["password"], bytes.fromhex(master["salt"])),
             "proxies": [h.address for h in mail_nodes if h.name != me.name],
         },
+        secret=True,
         mode="640",
         group="dovecot",
         notify=["dovecot.reload"],

@@ -15,6 +15,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server
 
 from mailcluster import tlsprofile
+from mailcluster.ops import managed_file
 from mailcluster.site import Site
 
 # Per host, the operations of the first call: Exim and Dovecot both need the material on
@@ -255,13 +256,14 @@ def _install() -> list[OperationMeta]:
     # Exim reads the key as its own user (Debian-exim) after dropping root; Dovecot and
     # nginx read it as root.
     key_group = "Debian-exim" if "mail" in host.groups else "root"
-    key = files.put(
+    key = managed_file(
         name="Private key (0640)",
-        src=str(site.tls.key),
+        content=_read(str(site.tls.key)).decode(),
         dest=tlsprofile.KEY,
         mode="640",
         user="root",
         group=key_group,
+        secret=True,  # --diff says which lines change, never the key
     )
     ca = files.put(name="Site CA", src=str(site.tls.ca_cert), dest=tlsprofile.CA, mode="644")
     # In the system trust store too: Dovecot's proxy, Exim and RoundCube verify the

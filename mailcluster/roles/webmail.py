@@ -156,6 +156,7 @@ def webmail() -> None:
         context={"host": dsn_host, "db": DB_NAME, "user": DB_USER, "password": db_password},
         mode="600",
         banner=False,  # one line per entry; libpq's format has no place for it
+        secret=True,
     )
     if me.name == webmail_nodes[0]:  # one node creates or upgrades the shared schema
         roundcube_schema(
@@ -166,6 +167,7 @@ def webmail() -> None:
     config = managed_file(
         name="RoundCube configuration",
         dest="/etc/roundcube/config.inc.php",
+        secret=True,  # the database password and des_key
         template="roundcube/config.inc.php.j2",
         context={
             "dsn": f"pgsql://{DB_USER}:{db_password}@{dsn_host}/{DB_NAME}",
