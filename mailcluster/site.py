@@ -154,6 +154,11 @@ class Site(_Strict):
     apt_proxy: str | None = None
     # Where Exim sends mail for other domains; None: direct MX delivery.
     smarthost: str | None = None
+    # Where users' homes, and so their ~/Maildir, live. "nfs": production's file server
+    # (SERVICE.md: homes are NFS-mounted on the mail nodes); Dovecot then follows its NFS
+    # advice (templates/dovecot/dovecot.conf.j2). "local": the mail node's own disk (the
+    # lab and Vagrant, whose kernels have no NFS).
+    home_filesystem: Literal["local", "nfs"] = "nfs"
     # Webmail attachment limit: 2 MB is what users are told (SERVICE.md, "WebMail").
     attachment_max_bytes: int = Field(default=2 * 1024 * 1024, gt=0, le=100 * 1024 * 1024)
     tls: TLS

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -178,6 +179,21 @@ def push_passdb() -> None:
     )
 
 
+def conf_context(site: Site, node: str, limits: sizing.DovecotLimits) -> dict[str, Any]:
+    """What templates/dovecot/dovecot.conf.j2 is rendered with for mail node ``node``."""
+    return {
+        "me": site.host(node),
+        "mail_nodes": site.in_group("mail"),
+        "webmail_nodes": site.in_group("webmail"),
+        "limits": limits,
+        "tls": tlsprofile,
+        "passdb": PASSDB,
+        "masterdb": MASTERDB,
+        "openssl_conf": OPENSSL_CONF,
+        "home_filesystem": site.home_filesystem,
+    }
+
+
 @deploy("Dovecot (IMAP)")
 def dovecot() -> None:
     site: Site = host.data.site
@@ -221,16 +237,7 @@ def dovecot() -> None:
         name="dovecot.conf",
         dest="/etc/dovecot/dovecot.conf",
         template="dovecot/dovecot.conf.j2",
-        context={
-            "me": me,
-            "mail_nodes": mail_nodes,
-            "webmail_nodes": site.in_group("webmail"),
-            "limits": limits,
-            "tls": tlsprofile,
-            "passdb": PASSDB,
-            "masterdb": MASTERDB,
-            "openssl_conf": OPENSSL_CONF,
-        },
+        context=conf_context(site, me.name, limits),
         validate="doveconf -n -c {path} >/dev/null",
         notify=["dovecot.reload"],
     )

@@ -84,3 +84,43 @@ def test_the_site_ca_is_in_the_system_trust_store(mail_host, lab) -> None:
         "-CAfile /etc/ssl/certs/ca-certificates.crt </dev/null"
     )
     assert "Verify return code: 0 (ok)" in out.stdout, out.stdout[-500:]
+
+
+@pytest.mark.parametrize("home_filesystem", ["local", "nfs"])
+def test_doveconf_on_the_node_accepts_both_home_filesystems(
+    mail_host, lab, home_filesystem
+) -> None:
+    """The deploy's dovecot.conf for this node with homes local (the lab) and on NFS
+    (production): this node's doveconf takes both, and the NFS one has Dovecot's NFS
+    settings. The lab's kernel has no NFS: what runs on NFS is not exercised here."""
+    from pathlib import Path
+
+    from mailcluster import site as site_mod
+    from mailcluster import sizing, templating
+    from mailcluster.roles.dovecot import conf_context
+
+    site = site_mod.load(Path(lab["site_file"]))
+    site = site.model_copy(update={"home_filesystem": home_filesystem})
+    name = mail_host.check_output("hostname -s")
+    limits = sizing.dovecot(2, 2048)
+    body = templating.render("dovecot/dovecot.conf.j2", **conf_context(site, name, limits))
+    path = f"/tmp/dovecot-{home_filesystem}.conf"
+    mail_host.run(f"cat > {path} <<'MAILCLUSTER_EOF'\n{body}\nMAILCLUSTER_EOF")
+    try:
+        check = mail_host.run(f"doveconf -n -c {path}")
+        assert check.rc == 0, check.stderr
+        got = {
+            k: mail_host.check_output(f"doveconf -c {path} -h {k}")
+            for k in ("mmap_disable", "mail_fsync", "mail_nfs_storage", "mail_nfs_index")
+        }
+    finally:
+        mail_host.run(f"rm -f {path}")
+    if home_filesystem == "nfs":
+        assert got == {
+            "mmap_disable": "yes",
+            "mail_fsync": "always",
+            "mail_nfs_storage": "no",
+            "mail_nfs_index": "no",
+        }
+    else:  # Dovecot's defaults
+        assert got["mmap_disable"] == "no" and got["mail_fsync"] == "optimized"

@@ -49,6 +49,7 @@ DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
         "passdb": "/p",
         "masterdb": "/m",
         "openssl_conf": "/etc/dovecot/openssl.cnf",
+        "home_filesystem": "nfs",
     },
     "dovecot/passdb.j2": _PASSDB,
     "dovecot/masterdb.j2": {
