@@ -86,9 +86,9 @@ def test_dry_diff_and_deploy_show_no_secret(lab, lab_ssh, drifted) -> None:
     for name, paths in drifted.items():
         for path in paths:
             # The diff did cover each file: it says it changes, without the values.
-            assert re.search(
-                rf"{name}.*Will modify {re.escape(path)} \(it holds secrets", out
-            ), f"{name}: no diff line for {path}"
+            assert re.search(rf"{name}.*Will modify {re.escape(path)} \(it holds secrets", out), (
+                f"{name}: no diff line for {path}"
+            )
     assert leaks(out, secrets) == []
 
     deploy = pyinfra(INVENTORY, "deploy.py")
