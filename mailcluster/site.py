@@ -112,6 +112,20 @@ class BruteForce(_Strict):
     ignore: list[ipaddress.IPv4Network] = Field(default_factory=list)
 
 
+class Sending(_Strict):
+    """Limits per authenticated user (SMTP AUTH, webmail included) on each mail node: the
+    brake on a phished account sending spam, a university's most common mail incident.
+    Over a limit, Exim answers 450 with the reason (a real user's client retries later)
+    and logs "sending limit" with the user name. Counted per mail node (Exim's ratelimit
+    database is local): README "Sending limits" says why that is enough."""
+
+    # 100 messages an hour: a busy person sends a few dozen; a spam run sends thousands.
+    messages_per_hour: int = Field(default=100, ge=1, le=100_000)
+    # 500 recipients an hour: one message to a 300-student class fits; a spam run of
+    # 100-recipient messages stops at the fifth.
+    recipients_per_hour: int = Field(default=500, ge=1, le=1_000_000)
+
+
 class Webmail(_Strict):
     """The webmail hosts' RoundCube."""
 
@@ -169,6 +183,7 @@ class Site(_Strict):
     rollout: Rollout = Field(default_factory=Rollout)
     bruteforce: BruteForce = Field(default_factory=BruteForce)
     webmail: Webmail = Field(default_factory=Webmail)
+    sending: Sending = Field(default_factory=Sending)
 
     @field_validator("timezone")
     @classmethod

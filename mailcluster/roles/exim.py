@@ -69,6 +69,7 @@ def exim() -> None:
             "tls": tlsprofile,
             "limits": limits,
             "auth_socket": AUTH_SOCKET,
+            "sending": site.sending,
         },
         # -bV prints a long banner; on failure show only the error lines.
         validate=(

@@ -72,6 +72,7 @@ EXIM_CONTEXTS: dict[str, dict[str, Any]] = {
         "tls": tlsprofile,
         "limits": sizing.exim(4, 8192),
         "auth_socket": "/run/dovecot/auth-exim",
+        "sending": SITE.sending,
     },
     "exim4/backends.j2": {"node": "mail01", "rows": [("alice", "local"), ("bob", "mail02.x")]},
     "exim4/default.j2": {"queue_interval": "2m"},
