@@ -101,6 +101,35 @@ def locked(secrets_dir: Path, what: str = "store") -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _counter(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def _write_counter(path: Path, value: int) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{value}\n")
+    tmp.rename(path)
+
+
+def store_generation(secrets_dir: Path) -> int:
+    """How many times the password store was written through :func:`write_passwords`."""
+    return _counter(secrets_dir / ".imap-passwords.generation")
+
+
+def pushed_generation(secrets_dir: Path) -> int:
+    """The store generation the mail nodes' passdbs last had in full (see mailctl)."""
+    return _counter(secrets_dir / ".imap-passwords.pushed")
+
+
+def record_pushed(secrets_dir: Path, generation: int) -> None:
+    _write_counter(secrets_dir / ".imap-passwords.pushed", generation)
+
+
 def read_passwords(secrets_dir: Path) -> dict[str, str]:
     """``{user: "{CRAM-MD5}..."}``; an absent file is no users yet."""
     path = passwords_file(secrets_dir)
@@ -129,3 +158,4 @@ def write_passwords(secrets_dir: Path, hashes: Mapping[str, str]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.rename(path)
+    _write_counter(secrets_dir / ".imap-passwords.generation", store_generation(secrets_dir) + 1)

@@ -67,8 +67,16 @@ def set_password(inventory: str, user: str, password: str) -> None:
         hashes = accounts.read_passwords(site.secrets_dir)
         hashes[user] = accounts.cram_md5_hash(password)
         accounts.write_passwords(site.secrets_dir, hashes)
+        mine = accounts.store_generation(site.secrets_dir)
+    # One push at a time; a push renders the store as it is when it runs, so one that
+    # started after this change was written carries it too: changes made together (the
+    # registration page at term start) share pushes instead of queueing one each.
     with accounts.locked(site.secrets_dir, "push"):
+        if accounts.pushed_generation(site.secrets_dir) >= mine:
+            return
+        current = accounts.store_generation(site.secrets_dir)
         push(inventory)
+        accounts.record_pushed(site.secrets_dir, current)
 
 
 def _run_deploy(inventory: str, deploy_file: str, limit: str, failure: str) -> None:

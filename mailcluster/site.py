@@ -115,7 +115,7 @@ class BruteForce(_Strict):
 class Sending(_Strict):
     """Limits per authenticated user (SMTP AUTH, webmail included) on each mail node: the
     brake on a phished account sending spam, a university's most common mail incident.
-    Over a limit, Exim answers 450 with the reason (a real user's client retries later)
+    Over a limit, Exim answers 451 (try later) with the reason (a real user's client retries later)
     and logs "sending limit" with the user name. Counted per mail node (Exim's ratelimit
     database is local): README "Sending limits" says why that is enough."""
 

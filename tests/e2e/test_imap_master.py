@@ -50,11 +50,16 @@ def outcome(client: imaplib.IMAP4, how: str, user: str, secret: str) -> str:
 def test_the_master_user_is_refused_from_outside_the_cluster(lab, node) -> None:
     secret = master_password(lab)
     source = lab["client_addresses"][1]  # failures cost a penalty: not the main address
-    results = {}
-    for user in USERS:
-        for how in ("PLAIN", "LOGIN"):
-            client = open_session(node_address(lab, node), "tls", lab, source=source)
-            results[(user, how)] = outcome(client, how, user, secret)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(case: tuple[str, str]) -> str:
+        # All at once: each refusal waits out Dovecot's penalty for the address.
+        client = open_session(node_address(lab, node), "tls", lab, source=source)
+        return outcome(client, case[1], case[0], secret)
+
+    cases = [(user, how) for user in USERS for how in ("PLAIN", "LOGIN")]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = dict(zip(cases, pool.map(one, cases), strict=True))
     opened = {k: v for k, v in results.items() if "AUTHENTICATIONFAILED" not in v}
     assert opened == {}, f"{node}: master logins from the lab host not refused: {opened}"
 
@@ -65,11 +70,12 @@ def test_the_master_user_works_from_another_mail_node(lab, lab_ssh) -> None:
     target, proxy = MAIL_NODES[0], MAIL_NODES[1]
     user = next(u for u in USERS if backend_of(lab, u) == target)
     script = f"""
-import imaplib, ssl
+import imaplib, socket, ssl
+socket.setdefaulttimeout(20)  # Python 3.8 (Ubuntu 20.04): IMAP4_SSL takes no timeout
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-c = imaplib.IMAP4_SSL({node_address(lab, target)!r}, 993, ssl_context=ctx, timeout=20)
+c = imaplib.IMAP4_SSL({node_address(lab, target)!r}, 993, ssl_context=ctx)
 secret = open("/dev/stdin").read().strip()
 c.authenticate("PLAIN", lambda _: ({user!r} + "\\0" + {MASTER_USER!r} + "\\0" + secret).encode())
 print(c.select("INBOX", readonly=True)[0])

@@ -38,6 +38,14 @@ PORTS = [
 ]
 
 
+def _addresses(lab: dict[str, Any]) -> dict[str, str]:
+    """The address each kind of node is scanned at (its first host)."""
+    return {
+        kind: next(h["address"] for h in lab["hosts"] if kind in h["groups"])
+        for kind in ("mail", "webmail")
+    }
+
+
 def _scan(name: str, target: list[str], ca_cert: str) -> list[dict[str, Any]]:
     out = OUT / f"{name}.json"
     out.unlink(missing_ok=True)
@@ -56,9 +64,7 @@ def scans(lab) -> dict[str, list[dict[str, Any]]]:
     if not shutil.which("testssl"):
         pytest.fail("testssl is not installed (scripts/host-deps installs Debian's testssl.sh)")
     OUT.mkdir(parents=True, exist_ok=True)
-    mail = next(h["address"] for h in lab["hosts"] if "mail" in h["groups"])
-    webmail = next(h["address"] for h in lab["hosts"] if "webmail" in h["groups"])
-    jobs = {name: [a.format(mail=mail, webmail=webmail) for a in args] for name, args in PORTS}
+    jobs = {name: [a.format(**_addresses(lab)) for a in args] for name, args in PORTS}
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = {n: pool.submit(_scan, n, t, lab["ca_cert"]) for n, t in jobs.items()}
         results = {n: f.result() for n, f in futures.items()}
@@ -108,6 +114,76 @@ def test_only_tls_1_2_and_1_3_strong_ciphers_forward_secrecy_and_a_valid_chain(s
     assert ids["cipher_order"]["finding"].startswith("server"), ids["cipher_order"]
 
 
-def test_the_summary_is_written_for_security_md(scans) -> None:
-    text = (OUT / "summary.md").read_text()
-    assert all(name in text for name, _ in PORTS)
+@pytest.mark.parametrize("port", [name for name, _ in PORTS])
+def test_the_scan_ran_to_its_end_against_this_port(scans, lab, port) -> None:
+    """A scan that could not connect, or stopped half-way, has few findings and none
+    severe: the severity test above passes on it. Its findings must be of this host and port
+    (testssl's "ip" is "name/address"; "/" for notes about the scanning machine), with no
+    scan problem, and end with the time the whole scan took."""
+    target = next(args[-1] for name, args in PORTS if name == port)  # "{mail}:993"
+    host, _, number = target.format(**_addresses(lab)).rpartition(":")
+    problems = [f for f in scans[port] if f["severity"] == "FATAL" or f["id"] == "scanProblem"]
+    assert not problems, problems
+    elsewhere = [
+        (f["id"], f["ip"], f["port"])
+        for f in scans[port]
+        if f["ip"] != "/" and (f["ip"].rpartition("/")[2] != host or f["port"] != number)
+    ]
+    assert not elsewhere, elsewhere
+    ids = _by_id(scans[port])
+    assert "scanTime" in ids and int(ids["scanTime"]["finding"]) > 0, "the scan did not finish"
+    assert scans[port] == json.loads((OUT / f"{port}.json").read_text())  # the artifact
+
+
+# testssl's checks of known attacks (its "vulnerabilities" section): each must have run
+# and found nothing. secure_client_renego: a client cannot start a renegotiation (a
+# denial-of-service lever, CVE-2011-1473); secure_renego: RFC 5746's safe renegotiation.
+VULNERABILITIES = [
+    "heartbleed",
+    "CCS",
+    "ROBOT",
+    "secure_renego",
+    "secure_client_renego",
+    "CRIME_TLS",
+    "POODLE_SSL",
+    "fallback_SCSV",
+    "SWEET32",
+    "FREAK",
+    "DROWN",
+    "LOGJAM",
+    "BEAST",
+    "LUCKY13",
+    "RC4",
+]
+
+
+@pytest.mark.parametrize("port", [name for name, _ in PORTS])
+def test_no_known_attack_works_and_clients_cannot_renegotiate(scans, port) -> None:
+    ids = _by_id(scans[port])
+    missing = [v for v in VULNERABILITIES if v not in ids]
+    assert not missing, f"testssl did not check {missing}"
+    found = {v: f"{ids[v]['severity']}: {ids[v]['finding']}" for v in VULNERABILITIES}
+    assert all(ids[v]["severity"] == "OK" for v in VULNERABILITIES), found
+    assert ids["secure_client_renego"]["finding"] == "not vulnerable", found
+    assert ids["secure_renego"]["finding"] == "supported", found
+    if port == "https-443":
+        assert ids["BREACH"]["severity"] == "OK", ids["BREACH"]
+
+
+def test_the_summary_for_security_md_is_what_the_scans_found(scans) -> None:
+    """SECURITY.md quotes summary.md: each port's row, read back, must say what that
+    port's JSON (the artifact next to it) holds, and list no severe finding but the
+    allowed ones."""
+    rows = {}
+    for line in (OUT / "summary.md").read_text().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    assert sorted(rows) == sorted(name for name, _ in PORTS)
+    for name, _ in PORTS:
+        findings = json.loads((OUT / f"{name}.json").read_text())
+        old, new, severe = rows[name][:4], rows[name][4:6], rows[name][-1]
+        assert old == ["not offered"] * 4, (name, rows[name])
+        assert all(cell.startswith("offered") for cell in new), (name, rows[name])
+        listed = set() if severe == "none" else set(severe.split(", "))
+        assert listed == {f["id"] for f in findings if f["severity"] in SEVERE}, name
+        assert listed <= ALLOWED, (name, listed - ALLOWED)

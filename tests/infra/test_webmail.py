@@ -29,36 +29,47 @@ def test_webmail_services_run_and_start_at_boot(webmail_host, service: str) -> N
     assert svc.is_running and svc.is_enabled
 
 
+# {domain}: the cluster's mail domain (lab info).
 COMMON_SETTINGS = [
     ("smtp_user", "'%u'"),
     ("session_storage", "'db'"),
-    ("mail_domain", "'mailcluster.test'"),
+    ("mail_domain", "'{domain}'"),
     ("enable_installer", "false"),
 ]
 # Where the IMAP and SMTP servers are, in the option names of the host's RoundCube.
+# {mail}: the FQDN of the mail node this webmail node talks to.
 SERVER_SETTINGS = {
     "1.6": [
-        ("imap_host", "'ssl://mail01.mailcluster.test:993'"),
-        ("smtp_host", "'tls://mail01.mailcluster.test:587'"),
+        ("imap_host", "'ssl://{mail}:993'"),
+        ("smtp_host", "'tls://{mail}:587'"),
     ],
     "legacy": [
-        ("default_host", "'ssl://mail01.mailcluster.test'"),
+        ("default_host", "'ssl://{mail}'"),
         ("default_port", "993"),
-        ("smtp_server", "'tls://mail01.mailcluster.test'"),
+        ("smtp_server", "'tls://{mail}'"),
         ("smtp_port", "587"),
     ],
 }
 
 
+def mail_node_fqdn(lab, webmail: str) -> str:  # noqa: ANN001
+    """The mail node a webmail node talks to: the webmail nodes take the mail nodes in
+    turn, in the order lab info lists them (mailcluster/roles/webmail.py)."""
+    mail = [h["name"] for h in lab["hosts"] if "mail" in h["groups"]]
+    web = [h["name"] for h in lab["hosts"] if "webmail" in h["groups"]]
+    return f"{mail[web.index(webmail) % len(mail)]}.{lab['domain']}"
+
+
 @pytest.mark.parametrize("key,value", COMMON_SETTINGS)
-def test_roundcube_effective_setting(webmail_host, key: str, value: str) -> None:
-    assert rc_config(webmail_host, key) == value
+def test_roundcube_effective_setting(webmail_host, lab, key: str, value: str) -> None:
+    assert rc_config(webmail_host, key) == value.format(domain=lab["domain"])
 
 
-def test_roundcube_finds_the_mail_node(webmail_host) -> None:
+def test_roundcube_finds_the_mail_node(webmail_host, lab) -> None:
     names = "legacy" if platform_of(webmail_host).roundcube_legacy_options else "1.6"
+    mail = mail_node_fqdn(lab, webmail_host.backend.get_hostname())
     for key, value in SERVER_SETTINGS[names]:
-        assert rc_config(webmail_host, key) == value, key
+        assert rc_config(webmail_host, key) == value.format(mail=mail), key
 
 
 def test_roundcube_verifies_the_mail_nodes_certificates(webmail_host) -> None:

@@ -14,10 +14,13 @@ import pytest
 import yaml
 
 from mailcluster.lab.platforms import PLATFORMS
-from tests.conftest import REPO, lab_cli
+from tests.conftest import REPO, host_address, lab_cli, lab_state_hosts
 from tests.lab.nft_eval import verdict
 
 BRIDGE = "mclab0"
+# The lab machines' addresses (its state, as `info --json` lists them): the packets below
+# come from and go to them. (Without a lab the ruleset fixture fails first.)
+MACHINES = [h["address"] for h in lab_state_hosts()] or ["(lab is not up)"] * 2
 
 
 def mail_hosts(lab) -> list[str]:  # noqa: ANN001
@@ -128,7 +131,7 @@ def _out(daddr: str, proto: str, dport: int, family: str = "ip") -> dict:
         "iif": BRIDGE,
         "oif": "eth0",
         "family": family,
-        "saddr": "10.77.0.11",
+        "saddr": MACHINES[0],
         "daddr": daddr,
         "proto": proto,
         "dport": dport,
@@ -185,7 +188,7 @@ def test_only_replies_enter_the_bridge_from_outside(ruleset) -> None:
         "oif": BRIDGE,
         "family": "ip",
         "saddr": "198.51.100.7",
-        "daddr": "10.77.0.11",
+        "daddr": MACHINES[0],
         "proto": "tcp",
         "dport": 22,
     }
@@ -196,7 +199,7 @@ def test_only_replies_enter_the_bridge_from_outside(ruleset) -> None:
 def test_lab_traffic_is_masqueraded_only_when_leaving_the_bridge(ruleset) -> None:
     out = {**_out("203.0.113.80", "tcp", 80)}
     assert verdict(ruleset, "postrouting", out) == "masquerade"
-    inside = {**out, "oif": BRIDGE, "daddr": "10.77.0.12"}
+    inside = {**out, "oif": BRIDGE, "daddr": MACHINES[1]}
     assert verdict(ruleset, "postrouting", inside) == "accept"
 
 
@@ -266,7 +269,8 @@ def test_the_sink_keeps_every_message_it_accepts(lab) -> None:
     host, port = lab["sink_smtp"].split(":")
     marker = f"<sink-{uuid.uuid4().hex}@{lab['domain']}>"
     msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = "probe@mailcluster.test", "x@example.org", "sink"
+    msg["From"], msg["To"] = f"probe@{lab['domain']}", "x@example.org"
+    msg["Subject"] = "sink"
     msg["Message-ID"] = marker
     msg.set_content("sink probe\n")
     with smtplib.SMTP(host, int(port), timeout=10) as smtp:
@@ -281,9 +285,16 @@ def test_the_sink_keeps_every_message_it_accepts(lab) -> None:
     pytest.fail("message not found in the sink")
 
 
+def apt_proxy(lab) -> str:  # noqa: ANN001
+    """The package cache the lab's site file points the machines at."""
+    return yaml.safe_load(Path(lab["site_file"]).read_text())["apt_proxy"]
+
+
 def test_each_package_is_fetched_from_the_mirror_once_for_all_machines(lab) -> None:
-    site = yaml.safe_load(Path(lab["site_file"]).read_text())
-    assert site["apt_proxy"] == "http://10.77.0.1:3150"
+    from mailcluster.lab import config
+
+    # The lab host's cache, on its address on the lab network.
+    assert apt_proxy(lab) == f"http://{host_address(lab)}:{config.APT_PROXY_PORT}"
     log = Path("/var/lib/mclab/run/apt-proxy-access.log").read_text().splitlines()
     debs: dict[str, list[tuple[str, str]]] = {}
     for line in log:
@@ -304,7 +315,7 @@ def test_the_package_cache_serves_only_the_mirror(lab) -> None:
     import urllib.error
     import urllib.request
 
-    proxy = urllib.request.ProxyHandler({"http": "http://10.77.0.1:3150"})
+    proxy = urllib.request.ProxyHandler({"http": apt_proxy(lab)})
     opener = urllib.request.build_opener(proxy)
     with pytest.raises(urllib.error.HTTPError) as refused:
         opener.open("http://not-the-mirror.invalid/", timeout=10)  # .invalid: never resolves
@@ -312,13 +323,11 @@ def test_the_package_cache_serves_only_the_mirror(lab) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PLATFORMS))
-def test_the_package_cache_serves_every_platforms_archive(name: str) -> None:
+def test_the_package_cache_serves_every_platforms_archive(lab, name: str) -> None:
     import urllib.request
 
     p = PLATFORMS[name]
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({"http": "http://10.77.0.1:3150"})
-    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": apt_proxy(lab)}))
     for base, suite in ((p.mirror, p.suite), (p.security_mirror, f"{p.suite}-security")):
         with opener.open(f"{base}/dists/{suite}/Release", timeout=30) as resp:
             assert resp.status == 200

@@ -22,8 +22,68 @@ def test_cram_md5_hash_matches_doveadm(password: str, expected: str) -> None:
     assert accounts.cram_md5_hash(password) == "{CRAM-MD5}" + expected
 
 
-def test_cram_md5_hash_of_a_long_password_is_well_formed() -> None:
-    assert len(accounts.cram_md5_hash("x" * 100)) == len("{CRAM-MD5}") + 64
+# `doveadm -O pw -s CRAM-MD5 -p <password>` on Dovecot 2.3.7.2 (Ubuntu 20.04, the Vagrant
+# mail01), 2026-11-30. HMAC-MD5 hashes a key longer than 64 bytes with MD5 first: bytes,
+# not characters, count (the non-ASCII passwords are UTF-8).
+@pytest.mark.parametrize(
+    "password,expected",
+    [
+        pytest.param(
+            "a" * 64,
+            "6957714d5e68e79c4af1e64841006d9a695110dd110308dabf8a187ea80da0bc",
+            id="64-bytes-the-longest-key-used-as-is",
+        ),
+        pytest.param(
+            "a" * 65,
+            "b2cd8008bd902fd6febd4776452458261cc5aa16cb564c22a27db9c098233e63",
+            id="65-bytes-hashed-first",
+        ),
+        pytest.param(
+            "x" * 100,
+            "52197db948d0932512a61b183e7d05b04e94d60a3bb0d00f92d3df52a5d275ca",
+            id="100-bytes",
+        ),
+        pytest.param(
+            "Tr0ub4dor&3!" * 20,
+            "c7cdec22234952aacfc2eecec6c5259310c2602ba89f72650c535318a4a1bf9d",
+            id="240-bytes",
+        ),
+        pytest.param(
+            "correct horse battery staple " * 8,
+            "38bb440149bb1088ca85e57180588c75a64a64951b117b91fb6c3e4254d31579",
+            id="232-bytes-with-spaces-and-a-trailing-one",
+        ),
+        pytest.param(
+            "é" * 33,
+            "bf52221ebccc0f7f524a5026619bf3e762750ae1a97e0fd0b05cc7ad7c8b17f8",
+            id="33-characters-66-bytes",
+        ),
+        pytest.param(
+            "pässwörd-日本語-🔑",
+            "6b583c1e54868fce1d4ae4a8b998db89284199dd3067519d5681f46b4a340dfd",
+            id="non-ascii-25-bytes",
+        ),
+        pytest.param(
+            "日本語のパスワード🔑" * 4,
+            "29f27ed3ef10b6ebf0b32aae1a6bb262a75c6abe46f9aa5d101714d36e26ecee",
+            id="non-ascii-40-characters-124-bytes",
+        ),
+        pytest.param(
+            'it\'s a "quoted" pass word with $HOME, `backticks` and \\ back\\slashes',
+            "7c380f38689f8f25c636826288fc55ae3eb9f781e88195310599ce592cd1f3d8",
+            id="quotes-dollar-backticks-backslashes-68-bytes",
+        ),
+        pytest.param(
+            "  spaces around  ",
+            "89a944b00633934d2526c0523b2721f1ad3fe92fb4a03a47eeeb2ff9cc6def3a",
+            id="leading-and-trailing-spaces",
+        ),
+    ],
+)
+def test_cram_md5_hash_of_long_and_unusual_passwords_matches_doveadm(
+    password: str, expected: str
+) -> None:
+    assert accounts.cram_md5_hash(password) == "{CRAM-MD5}" + expected
 
 
 USERS = [f"user{i:05d}" for i in range(20000)]

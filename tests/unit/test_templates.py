@@ -170,12 +170,48 @@ def test_every_template_has_a_test_context() -> None:
     assert all_templates() == sorted(CONTEXTS)
 
 
-@pytest.mark.parametrize("template", sorted(CONTEXTS))
-def test_template_renders_with_the_managed_banner(template: str) -> None:
-    out = templating.render(template, **CONTEXTS[template])
-    if out.startswith("#!"):  # scripts: the interpreter line first, then the banner
-        out = out.partition("\n")[2]
-    assert out.startswith(f"# Managed by mailcluster, from templates/{template}.\n")
+def _is_php(template: str) -> bool:
+    return (templating.TEMPLATES / template).read_text().startswith("<?php")
+
+
+def _banner(template: str, comment: str) -> str:
+    """The banner's exact text (written out here, not taken from templating)."""
+    return (
+        f"{comment} Managed by mailcluster, from templates/{template}.\n"
+        f"{comment} Do not edit: local changes are overwritten on the next deploy.\n"
+    )
+
+
+@pytest.mark.parametrize("comment", ["#", "//", ";"])
+@pytest.mark.parametrize("template", [t for t in sorted(CONTEXTS) if not _is_php(t)])
+def test_render_adds_the_banner_once_on_top_and_the_templates_carry_none(
+    template: str, comment: str
+) -> None:
+    """The banner comes from render(), never from a template: none holds its text (else a
+    live file would carry it twice); render puts it once, with the given comment marker,
+    first or right after a script's #! line, and leaves the rest as the template made it.
+    (PHP files carry theirs inside, after "<?php": the next test.)
+    tests/infra/test_banners.py checks the live files the deploy wrote."""
+    source = (templating.TEMPLATES / template).read_text()
+    assert "Managed by mailcluster" not in source and "Do not edit" not in source
+    plain = templating.render(template, banner=False, **CONTEXTS[template])
+    assert "Managed by mailcluster" not in plain
+    out = templating.render(template, comment=comment, **CONTEXTS[template])
+    if source.startswith("#!"):  # a script: its interpreter line stays first
+        shebang, _, rest = plain.partition("\n")
+        assert shebang == source.partition("\n")[0]
+        assert out == f"{shebang}\n{_banner(template, comment)}{rest}"
+    else:
+        assert out == _banner(template, comment) + plain
+    assert out.count("Managed by mailcluster") == 1
+
+
+@pytest.mark.parametrize("template", [t for t in sorted(CONTEXTS) if _is_php(t)])
+def test_php_templates_carry_their_own_banner_naming_themselves_once(template: str) -> None:
+    # Rendered as the deploy does (banner=False): nothing may come before "<?php".
+    out = templating.render(template, banner=False, **CONTEXTS[template])
+    assert out.startswith("<?php\n" + _banner(template, "//"))
+    assert out.count("Managed by mailcluster") == 1
 
 
 @pytest.mark.parametrize("template", [t for t in sorted(CONTEXTS) if CONTEXTS[t]])
