@@ -147,13 +147,16 @@ def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def pyinfra(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the pyinfra CLI from the repo root, as an operator would."""
+def pyinfra(
+    *args: str, env: dict[str, str] | None = None, yes: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the pyinfra CLI from the repo root, as an operator would. ``yes=False``: no
+    ``-y``, for ``--dry --diff`` (with -y pyinfra skips the comparison)."""
     import os
 
     exe = Path(sys.executable).with_name("pyinfra")
     return subprocess.run(
-        [str(exe), "-y", *args],
+        [str(exe), *(["-y"] if yes else []), *args],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.postgres import PostgresRoles
-from pyinfra.operations import apt, postgres, systemd
+from pyinfra.operations import apt, postgres, server, systemd
 
 from mailcluster import platform
 from mailcluster.ops import managed_file, service_action
@@ -15,6 +15,9 @@ from mailcluster.site import Site
 
 DB_NAME = "roundcube"
 DB_USER = "roundcube"
+# The role's password for psql to read: on a command line it would reach sudo's log (the
+# journal) whole, as pyinfra's postgres.role put it there.
+PASSWORD_FILE = "/var/lib/postgresql/mailcluster-roundcube-password"
 
 
 def db_host(site: Site) -> str:
@@ -56,19 +59,38 @@ def db() -> None:
     service_action("Restart PostgreSQL (listeners)", "postgresql", "restart", [conf])
     service_action("Reload PostgreSQL (pg_hba)", "postgresql", "reload", [hba])
     systemd.service(name="Run PostgreSQL", service="postgresql", running=True, enabled=True)
-    # The password is set when the role is made; it never changes (generated once), and
-    # pyinfra would otherwise re-send it, reporting a change on every run.
     roles = (
         host.get_fact(PostgresRoles, psql_user="postgres", _sudo=True, _sudo_user="postgres") or {}
+    )
+    password_file = managed_file(
+        name="RoundCube's database password, for psql (0600 postgres)",
+        dest=PASSWORD_FILE,
+        content=password + "\n",
+        mode="600",
+        user="postgres",
+        group="postgres",
+        secret=True,
     )
     postgres.role(
         name="RoundCube's database role",
         role=DB_USER,
-        password=None if DB_USER in roles else password,
         login=True,
         psql_user="postgres",
         _sudo=True,
         _sudo_user="postgres",
+    )
+    # Set when the role is made or the file changes (the password is generated once and
+    # never changes). psql reads it from the file into a variable, so no command line,
+    # process title or log holds it.
+    server.shell(
+        name="RoundCube's database password (from that file)",
+        commands=[
+            f"echo \"ALTER ROLE {DB_USER} PASSWORD :'pw';\" | "
+            f'psql -v ON_ERROR_STOP=1 -q -v pw="$(cat {PASSWORD_FILE})"'
+        ],
+        _sudo=True,
+        _sudo_user="postgres",
+        _if=[] if DB_USER not in roles else [password_file.did_change],
     )
     postgres.database(
         name="RoundCube's database",

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from mailcluster import accounts, tlsprofile
+from mailcluster.roles.db import PASSWORD_FILE
 from mailcluster.roles.dovecot import MASTERDB, PASSDB
 from tests.conftest import INVENTORY, pyinfra
 
@@ -26,6 +27,7 @@ from tests.conftest import INVENTORY, pyinfra
 SECRET_FILES = {
     "mail": [PASSDB, MASTERDB, tlsprofile.KEY],
     "webmail": ["/etc/roundcube/config.inc.php", "/root/.pgpass", tlsprofile.KEY],
+    "db": [PASSWORD_FILE],
 }
 LOGS = (
     "/var/log/exim4/mainlog /var/log/exim4/rejectlog /var/log/exim4/paniclog "
@@ -68,28 +70,28 @@ def leaks(text: str, secrets: dict[str, str]) -> list[str]:
 def drifted(lab: dict[str, Any], lab_ssh: Any) -> dict[str, list[str]]:
     """Each secret-bearing file changed by hand on one host of each kind (a comment line
     appended: harmless until the deploy puts it back)."""
-    out = {}
+    out: dict[str, list[str]] = {}
     for group, paths in SECRET_FILES.items():
         name = next(h["name"] for h in lab["hosts"] if group in h["groups"])
         for path in paths:
             mark = "//" if path.endswith(".php") else "#"
             lab_ssh(name, f"echo {shlex.quote(mark + ' drifted by hand')} >> {path}")
-        out[name] = paths
+        out.setdefault(name, []).extend(paths)
     return out
 
 
 def test_dry_diff_and_deploy_show_no_secret(lab, lab_ssh, drifted) -> None:
     secrets = secret_values(lab)
-    dry = pyinfra("--dry", "--diff", INVENTORY, "deploy.py")
+    dry = pyinfra(INVENTORY, "deploy.py", "--dry", "--diff", yes=False)
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-3000:]
+    assert leaks(out, secrets) == []
     for name, paths in drifted.items():
         for path in paths:
             # The diff did cover each file: it says it changes, without the values.
             assert re.search(rf"{name}.*Will modify {re.escape(path)} \(it holds secrets", out), (
                 f"{name}: no diff line for {path}"
             )
-    assert leaks(out, secrets) == []
 
     deploy = pyinfra(INVENTORY, "deploy.py")
     out = deploy.stdout + deploy.stderr
