@@ -17,8 +17,10 @@ from mailcluster import reloads, templating
 # the reload replaces the login processes and the idle imap process. Sleeps other than
 # the 0.1 s polls are logged.
 FAKES = {
-    # "dovecot/imap": an imap process Dovecot started that no login was handed to yet
-    # (its title until it serves a client; seen with the titles below).
+    # "dovecot/imap", exactly (no trailing space): an imap process no login was handed to
+    # yet; once it serves one it reads "dovecot/imap [bench007 10.77.0.1]" (both seen
+    # with `ps -C imap -o args=` on the lab's mail01 and mail02, Dovecot 2.3.7.2, Ubuntu
+    # 20.04, 2026-11-30).
     "ps": """
 case "$*" in
   "-C imap-login -o args=")
