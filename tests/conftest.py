@@ -7,6 +7,7 @@ MAILCLUSTER_TARGET=vagrant: then the Vagrant cluster (`python -m mailcluster.vag
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -83,10 +84,17 @@ def password_of(lab: dict[str, Any], user: str) -> str:
 
 
 def backend_of(lab: dict[str, Any], user: str) -> str:
-    """The mail node holding ``user``'s mailbox, as the deploy computes it."""
-    from mailcluster.accounts import backend_for
+    """The mail node holding ``user``'s mailbox: the deploy's own map (``Site.backend_of``:
+    overrides and draining nodes included), from the target's site file."""
+    path = Path(lab["site_file"])
+    return _site(str(path), path.stat().st_mtime_ns).backend_of(user)
 
-    return backend_for(user, [h["name"] for h in lab["hosts"] if "mail" in h["groups"]])
+
+@functools.lru_cache(maxsize=8)
+def _site(path: str, mtime_ns: int) -> Any:  # noqa: ARG001 - the cache key: a new file, a new site
+    from mailcluster import site as site_mod
+
+    return site_mod.load(Path(path))
 
 
 class LabInfo(dict[str, Any]):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailcluster import sizing
-from mailcluster.accounts import backend_for
-from tests.conftest import host_address
+from tests.conftest import backend_of, host_address
 
 
 def bp(host, option: str) -> str:  # noqa: ANN001
@@ -51,15 +50,14 @@ def test_limits_are_sized_from_the_hosts_cpus_and_memory(mail_host) -> None:
 
 def test_local_users_route_to_their_backend(mail_host, lab) -> None:
     me = mail_host.backend.get_hostname()
-    nodes = [h["name"] for h in lab["hosts"] if "mail" in h["groups"]]
     for account in lab["accounts"]:
         user = account["user"]
         out = mail_host.run(f"exim4 -bt {user}@{lab['domain']}").stdout
-        if backend_for(user, nodes) == me:
+        if backend_of(lab, user) == me:
             assert "router = local_user" in out, out
         else:
             assert "router = to_backend" in out, out
-            assert f"host {backend_for(user, nodes)}.{lab['domain']}" in out, out
+            assert f"host {backend_of(lab, user)}.{lab['domain']}" in out, out
 
 
 def test_other_domains_route_to_the_smarthost(mail_host, lab) -> None:
