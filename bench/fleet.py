@@ -39,15 +39,14 @@ from typing import Any
 
 from labinfo import REPO, lab_info, machine
 
-sys.path.insert(0, str(REPO))
-
-from mailcluster.lab.platforms import PLATFORMS  # noqa: E402
-from mailcluster.platform import PHP  # noqa: E402
-from mailcluster.roles.base import BASE_PACKAGES  # noqa: E402
-from mailcluster.roles.dovecot import PACKAGES as DOVECOT  # noqa: E402
-from mailcluster.roles.exim import PACKAGES as EXIM  # noqa: E402
-from mailcluster.roles.fail2ban import PACKAGES as FAIL2BAN  # noqa: E402
-from mailcluster.roles.webmail import packages as webmail_role_packages  # noqa: E402
+from mailcluster.lab.platforms import PLATFORMS
+from mailcluster.platform import PHP
+from mailcluster.roles.base import BASE_PACKAGES
+from mailcluster.roles.dovecot import PACKAGES as DOVECOT
+from mailcluster.roles.exim import PACKAGES as EXIM
+from mailcluster.roles.fail2ban import PACKAGES as FAIL2BAN
+from mailcluster.roles.webmail import packages as webmail_role_packages
+from tests import hosts
 
 PACKAGES = {"mail": [*EXIM, *DOVECOT, *FAIL2BAN], "db": ["postgresql"]}
 
@@ -93,23 +92,12 @@ def fresh_lab() -> float:
 
 def versions_of(info: dict[str, Any], name: str) -> str:
     """The mail daemons' versions on mail node ``name``, as the table names them."""
-    proc = subprocess.run(
-        ["ssh", "-F", info["ssh_config"], name, "dovecot --version; exim4 --version | head -1"],
-        capture_output=True,
-        text=True,
-    )
+    command = "dovecot --version; exim4 --version | head -1"
+    proc = hosts.run(info["ssh_config"], name, command, check=False, timeout=None)
     lines = proc.stdout.splitlines()
     if proc.returncode != 0 or len(lines) < 2:
         return f"{name}: versions unknown ({proc.stderr.strip()[-200:]})"
     return f"{name}: Dovecot {lines[0].split()[0]}, {lines[1].split(' #')[0]}"
-
-
-def ssh(info: dict[str, Any], name: str, command: str) -> None:
-    proc = subprocess.run(
-        ["ssh", "-F", info["ssh_config"], name, command], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{name}: {command[:80]}... failed:\n{proc.stderr[-2000:]}")
 
 
 def floor(info: dict[str, Any]) -> float:
@@ -127,12 +115,14 @@ def floor(info: dict[str, Any]) -> float:
         if "webmail" in h["groups"]:  # as the role preseeds it: no dbconfig prompt
             pre = "echo 'roundcube-core roundcube/dbconfig-install boolean false' | "
             pre += "debconf-set-selections && "
-        ssh(
-            info,
-            h["name"],
+        command = (
             f"{pre}apt-get {opt} update -qq && DEBIAN_FRONTEND=noninteractive apt-get {opt} "
-            f"install -y -qq --no-install-recommends {' '.join(sorted(set(pkgs)))} >/dev/null",
+            f"install -y -qq --no-install-recommends {' '.join(sorted(set(pkgs)))} >/dev/null"
         )
+        try:
+            hosts.run(info["ssh_config"], h["name"], command, timeout=None)
+        except hosts.CommandFailed as failed:  # the run stops, without a traceback
+            raise SystemExit(str(failed)) from None
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(info["hosts"])) as pool:

@@ -38,9 +38,11 @@ import resource
 import shlex
 import ssl
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from typing import Any
 from labinfo import lab_info, machine, mail_nodes
 
 from mailcluster.accounts import backend_for
+from tests import hosts
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 993
@@ -377,35 +380,27 @@ async def close_all(sessions: list[Session], concurrency: int) -> None:
             s.writer = None
 
 
-async def remote(lab: Lab, node: str) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        "ssh",
-        "-F",
-        lab.ssh_config,
-        "-o",
-        "BatchMode=yes",
-        node,
-        "python3",
-        "-",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+def remote(lab: Lab, node: str) -> dict[str, Any]:
+    """Runs REMOTE on a node; returns its JSON, or {"error": ...}."""
     try:
-        out, err = await asyncio.wait_for(proc.communicate(REMOTE.encode()), SSH_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
+        proc = hosts.run(
+            lab.ssh_config, node, "python3 -", check=False, input=REMOTE, timeout=SSH_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
         return {"error": "ssh timed out"}
     if proc.returncode != 0:
-        return {"error": err.decode(errors="replace").strip()[-200:]}
-    data: dict[str, Any] = json.loads(out)
+        return {"error": proc.stderr.strip()[-200:]}
+    data: dict[str, Any] = json.loads(proc.stdout)
     return data
 
 
 async def remote_all(lab: Lab) -> dict[str, dict[str, Any]]:
+    """REMOTE on every node at once, each ssh in a thread of its own: meanwhile the event
+    loop keeps serving the sessions."""
     names = list(lab.nodes)
-    found = await asyncio.gather(*(remote(lab, n) for n in names))
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        found = await asyncio.gather(*(loop.run_in_executor(pool, remote, lab, n) for n in names))
     return dict(zip(names, found, strict=True))
 
 

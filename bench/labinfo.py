@@ -1,4 +1,7 @@
-"""What the benchmarks read about the lab: `python -m mailcluster.lab info --json`."""
+"""What the benchmarks read about the lab: `python -m mailcluster.lab info --json`.
+
+Importing it puts the repository on ``sys.path``: the scripts run commands on the lab's
+machines with ``tests.hosts.run``, the tests' own helper."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def lab_info() -> dict[str, Any]:

@@ -48,6 +48,9 @@ from typing import Any
 
 from labinfo import REPO, lab_info
 
+from tests import hosts
+
+SSH_TIMEOUT_S = 300  # a command on a node (its exit status is not checked)
 HOMES = Path("/var/lib/mclab/homes")
 OVER_QUOTA_USER = "heidi"
 MARK = "# changed by bench/nothing_lost.py"
@@ -55,15 +58,6 @@ MARK = "# changed by bench/nothing_lost.py"
 
 def log(text: str) -> None:
     print(f"[{time.strftime('%T')}] {text}", flush=True)
-
-
-def ssh(lab: dict[str, Any], node: str, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-F", lab["ssh_config"], node, command],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def lab_cli(*args: str) -> None:
@@ -134,11 +128,15 @@ def disturb(lab: dict[str, Any], outage_s: int, tmp: Path, events: list[str]) ->
     log("(a) rolling deploy: Dovecot and Exim config changed on every mail node")
     rollout({"MAILCLUSTER_TEMPLATE_PATH": str(changed_templates(tmp))})
     events.append("rollout changed every node")
-    victim = mail[-1]
+    victim, ssh_config = mail[-1], lab["ssh_config"]
     log(f"(b) {victim}: Exim and Dovecot stopped for {outage_s} s")
-    ssh(lab, victim, "systemctl stop exim4 dovecot")
+    hosts.run(
+        ssh_config, victim, "systemctl stop exim4 dovecot", check=False, timeout=SSH_TIMEOUT_S
+    )
     time.sleep(outage_s)
-    ssh(lab, victim, "systemctl start exim4 dovecot")
+    hosts.run(
+        ssh_config, victim, "systemctl start exim4 dovecot", check=False, timeout=SSH_TIMEOUT_S
+    )
     events.append(f"{victim} down {outage_s} s")
     log(f"(b) {victim}: started again")
     log("(a') rolling deploy back to the repository's configuration")
@@ -238,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     counts: Counter[str] = Counter()
     while True:
         for n in nodes:
-            ssh(lab, n["name"], "exim4 -qff")
+            hosts.run(
+                lab["ssh_config"], n["name"], "exim4 -qff", check=False, timeout=SSH_TIMEOUT_S
+            )
         counts = maildir_counts(users, run_id)
         missing = wanted - set(counts)
         if not missing or time.monotonic() > deadline:

@@ -20,7 +20,6 @@ import datetime
 import shlex
 import socket
 import statistics
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from labinfo import lab_info, machine, mail_nodes
 
 from mailcluster import reloads
+from tests import hosts
 
 PORTS = {"exim4": 587, "dovecot": 993}
 INTERVAL_S = 0.02
@@ -55,12 +55,8 @@ def reload_times(ssh_config: str, node: str, command: str, count: int) -> list[f
     """Runs ``command`` on the node ``count`` times, GAP_S apart; its durations there."""
     timed = f"for i in $(seq {count}); do s=$(date +%s%N); {command} >&2 || exit 1; "
     timed += f"echo $(( $(date +%s%N) - s )); sleep {GAP_S}; done"
-    out = subprocess.run(
-        ["ssh", "-F", ssh_config, node, f"sh -c {shlex.quote(timed)}"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=count * (GAP_S + 30) + 30,
+    out = hosts.run(
+        ssh_config, node, f"sh -c {shlex.quote(timed)}", timeout=count * (GAP_S + 30) + 30
     ).stdout
     return [int(ns) / 1e9 for ns in out.split()]
 

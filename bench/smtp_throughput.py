@@ -65,6 +65,7 @@ from labinfo import lab_info, machine, mail_nodes
 
 from mailcluster.accounts import backend_for
 from mailcluster.lab.config import SUBNET
+from tests import hosts
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 25
@@ -173,11 +174,11 @@ def read_lab() -> Lab:
 
 def remote(lab: Lab, node: str, mode: str, run_id: str, offset: int = -1, *ids: str) -> Any:
     """Runs REMOTE on a node; returns its JSON, or {"error": ...}."""
-    args = [mode, run_id, lab.domain, str(offset), *ids]
-    cmd = ["ssh", "-F", lab.ssh_config, "-o", "BatchMode=yes", node]
-    cmd.append("python3 - " + shlex.join(args))
+    command = "python3 - " + shlex.join([mode, run_id, lab.domain, str(offset), *ids])
     try:
-        r = subprocess.run(cmd, input=REMOTE, capture_output=True, text=True, timeout=SSH_TIMEOUT_S)
+        r = hosts.run(
+            lab.ssh_config, node, command, check=False, input=REMOTE, timeout=SSH_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"ssh {mode} timed out"}
     if r.returncode != 0:

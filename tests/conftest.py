@@ -12,10 +12,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import hosts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,24 +127,11 @@ def lab() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def lab_ssh(lab: dict[str, Any]):
-    """Run a shell command on a lab machine as root (through the lab's ssh_config)."""
-
-    def run(
-        name: str, command: str, check: bool = True, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["ssh", "-F", lab["ssh_config"], name, command],
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{name}: {command!r} failed ({proc.returncode}): {proc.stderr}")
-        return proc
-
-    return run
+def lab_ssh(lab: dict[str, Any]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a shell command on a lab machine as root: tests/hosts.py's ``run`` with the
+    target's ssh_config, called as ``lab_ssh(name, command, check=True, input=None)``
+    (``timeout=`` too; 120 s unless told)."""
+    return functools.partial(hosts.run, lab["ssh_config"])
 
 
 def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
