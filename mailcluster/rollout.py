@@ -32,7 +32,7 @@ from mailcluster.mailctl import REPO, MailctlError, load_site
 from mailcluster.site import Host, Site, SiteError
 
 DEFAULT_INVENTORY = "inventory/production.py"
-# Tells the deploy it runs one batch of a rollout (see roles/dovecot.py: moves refused).
+# Tells the deploy it runs one batch of a rollout (see roles/dovecot_passdb.py: moves refused).
 ROLLOUT_ENV = "MAILCLUSTER_ROLLOUT"
 
 

@@ -3,7 +3,7 @@ Exim's backends map. Nothing else changes."""
 
 from pyinfra import host
 
-from mailcluster.roles.dovecot import push_passdb
+from mailcluster.roles.dovecot_passdb import push_passdb
 from mailcluster.roles.exim import push_backends
 
 if "mail" in host.groups:
