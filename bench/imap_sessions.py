@@ -42,14 +42,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labinfo import backend_of as labinfo_backend_of
 from labinfo import lab_info, machine, mail_nodes
 
-from mailcluster.accounts import backend_for
 from tests import hosts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,18 +134,25 @@ class Lab:
     nodes: dict[str, str]  # mail node name -> address, in the order of `lab info`
     users: list[str]
     password: str
-    backends: tuple[str, ...] = ()  # every mail node (users' backends): --nodes may pick some
+    backend_of: Callable[[str], str]  # the deploy's map (bench/labinfo.backend_of)
 
 
 def backend(lab: Lab, user: str) -> str:
-    return backend_for(user, lab.backends or list(lab.nodes))
+    return lab.backend_of(user)
 
 
 def read_lab() -> Lab:
     info = lab_info()
     nodes = mail_nodes(info)
     bench = info["bench_accounts"]
-    return Lab(info["ca_cert"], info["ssh_config"], nodes, list(bench["users"]), bench["password"])
+    return Lab(
+        info["ca_cert"],
+        info["ssh_config"],
+        nodes,
+        list(bench["users"]),
+        bench["password"],
+        labinfo_backend_of(info),
+    )
 
 
 def tls_context(ca_cert: str) -> ssl.SSLContext:
@@ -694,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
             {n: lab.nodes[n] for n in wanted},
             lab.users,
             lab.password,
-            tuple(lab.nodes),
+            lab.backend_of,
         )
     nofile = raise_nofile()
     if args.sessions + 100 > nofile:

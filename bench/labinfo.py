@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,11 @@ def machine() -> str:
         f"{len(os.sched_getaffinity(0))} vCPUs (nproc), {mem_kb / 1024**2:.1f} GiB memory "
         f"(MemTotal), kernel {platform.release()}"
     )
+
+
+def backend_of(info: dict[str, Any]) -> Callable[[str], str]:
+    """The deploy's own user -> backend map (``Site.backend_of``: overrides and draining
+    nodes included), from the lab's site file: never recomputed here."""
+    from mailcluster import site as site_mod
+
+    return site_mod.load(Path(info["site_file"])).backend_of

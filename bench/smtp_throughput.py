@@ -57,13 +57,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labinfo import backend_of as labinfo_backend_of
 from labinfo import lab_info, machine, mail_nodes
 
-from mailcluster.accounts import backend_for
 from mailcluster.lab.config import SUBNET
 from tests import hosts
 
@@ -158,6 +159,7 @@ class Lab:
     domain: str
     nodes: dict[str, str]  # mail node name -> address, in the order of `lab info`
     users: list[str]
+    backend_of: Callable[[str], str]  # the deploy's map (bench/labinfo.backend_of)
 
 
 def read_lab() -> Lab:
@@ -169,7 +171,7 @@ def read_lab() -> Lab:
     users = list(info["bench_accounts"]["users"])
     if not users:
         raise SystemExit("lab info lists no bench user")
-    return Lab(info["ssh_config"], info["domain"], nodes, users)
+    return Lab(info["ssh_config"], info["domain"], nodes, users, labinfo_backend_of(info))
 
 
 def remote(lab: Lab, node: str, mode: str, run_id: str, offset: int = -1, *ids: str) -> Any:
@@ -220,7 +222,7 @@ def plan(lab: Lab, count: int) -> list[Message]:
     for i in range(count):
         node = names[i % len(names)]
         user = lab.users[(i // len(names)) % len(lab.users)]
-        msgs.append(Message(i, node, user, backend_for(user, names) == node))
+        msgs.append(Message(i, node, user, lab.backend_of(user) == node))
     return msgs
 
 
@@ -521,7 +523,7 @@ def report(
     def stored_elsewhere(n: str) -> str:
         if n not in logs:
             return "n/a"
-        users = [u for u in logs[n].stored_users if backend_for(u, names) != n]
+        users = [u for u in logs[n].stored_users if lab.backend_of(u) != n]
         return str(len(users))
 
     def queue_of(n: str) -> str:
