@@ -5,6 +5,7 @@ from __future__ import annotations
 import imaplib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 TIMEOUT = 20
@@ -75,3 +76,15 @@ def login(
     client = open_session(address, mode, lab)
     authenticate(client, mechanism, user, password)
     return client
+
+
+def outcome(client: imaplib.IMAP4, do: Callable[[imaplib.IMAP4], object]) -> str:
+    """``do(client)`` (a login), then the connection closed: "accepted", or what the
+    server refused with."""
+    try:
+        do(client)
+        return "accepted"
+    except imaplib.IMAP4.error as exc:
+        return str(exc)
+    finally:
+        client.shutdown()

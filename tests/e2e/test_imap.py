@@ -24,7 +24,7 @@ from tests.conftest import (
     password_of,
 )
 from tests.conftest import backend_of as backend
-from tests.e2e.imap_client import authenticate, connect, login, open_session
+from tests.e2e.imap_client import authenticate, connect, login, open_session, outcome
 
 MAIL_NODES = [h["name"] for h in lab_state_hosts() if "mail" in h["groups"]] or ["(no lab)"]
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
@@ -84,13 +84,7 @@ def bad_client(lab: dict[str, Any]) -> str:
 
 def attempt(lab, address: str, mode: str, mechanism: str, user: str, password: str) -> str:  # noqa: ANN001
     client = open_session(address, mode, lab, source=bad_client(lab))
-    try:
-        authenticate(client, mechanism, user, password)
-        return "accepted"
-    except imaplib.IMAP4.error as exc:
-        return str(exc)
-    finally:
-        client.shutdown()
+    return outcome(client, lambda c: authenticate(c, mechanism, user, password))
 
 
 @pytest.mark.parametrize("node", MAIL_NODES)
