@@ -8,7 +8,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-TIMEOUT = 20
+from tests.conftest import patience
+
+TIMEOUT = patience(20)
 
 
 def context(lab: dict[str, Any]) -> ssl.SSLContext:

@@ -16,9 +16,9 @@ import ssl
 import subprocess
 from typing import Any
 
-from tests.conftest import node_address, password_of  # noqa: F401 - re-exported
+from tests.conftest import node_address, password_of, patience  # noqa: F401 - re-exported
 
-TIMEOUT = 30
+TIMEOUT = patience(30)
 # The name the lab host gives in EHLO (smtplib's default is its own guess).
 CLIENT_NAME = "lab-client.example.org"
 # Ports by mode: "plain" (25, no TLS), "starttls" (587 + STARTTLS), "tls" (465, implicit).

@@ -24,7 +24,7 @@ from typing import Any
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Response
 
-from tests.conftest import REPO
+from tests.conftest import REPO, patience
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = REPO / "artifacts" / "webmail"
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = int(patience(30) * 1000)
 
 # Every message RoundCube shows in its message stack (toasts: "Login failed.", "Message sent
 # successfully.", size errors, ...), in order, kept in sessionStorage so that a message shown

@@ -11,6 +11,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from tests.conftest import patience
+
 
 class _HTTPSFrom(urllib.request.HTTPSHandler):
     """HTTPS from one of the lab host's client addresses."""
@@ -39,7 +41,7 @@ class WebmailSession:
         )
 
     def get(self, query: str = "") -> str:
-        with self.opener.open(self.base + query, timeout=30) as resp:
+        with self.opener.open(self.base + query, timeout=patience(30)) as resp:
             return resp.read().decode(errors="replace")
 
     def login(self, user: str, password: str) -> str:
@@ -57,7 +59,7 @@ class WebmailSession:
                 "_pass": password,
             }
         ).encode()
-        with self.opener.open(self.base + "?_task=login", data=form, timeout=30) as resp:
+        with self.opener.open(self.base + "?_task=login", data=form, timeout=patience(30)) as resp:
             return resp.read().decode(errors="replace")
 
     def logged_in_as(self) -> str | None:
