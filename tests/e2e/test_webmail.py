@@ -15,6 +15,7 @@ import os
 import re
 import smtplib
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -68,6 +69,27 @@ def recipient(lab: dict[str, Any]) -> dict[str, str]:
 
 def bystander(lab: dict[str, Any]) -> dict[str, str]:
     return dict(lab["accounts"][2])
+
+
+def imap_side_of_webmail_logins(lab: dict[str, Any], lab_ssh: Any, user: str) -> str:
+    """For a failure's message: each mail node's failed-login penalties and its last
+    minutes of Dovecot log for ``user``, and the webmail hosts' RoundCube errors."""
+    report = []
+    for h in lab["hosts"]:
+        if "mail" in h["groups"]:
+            command = (
+                "doveadm penalty; journalctl -u dovecot --since -3min --no-pager -o short-precise"
+                f" | grep -F '{user}' | tail -n 20"
+            )
+        elif "webmail" in h["groups"]:
+            command = (
+                "journalctl -t roundcube --since -3min --no-pager -o short-precise | tail -n 20"
+            )
+        else:
+            continue
+        out = lab_ssh(h["name"], command, check=False, timeout=30)
+        report.append(f"--- {h['name']}: {command}\n{out.stdout}{out.stderr}")
+    return "\n".join(report)
 
 
 def address(lab: dict[str, Any], account: dict[str, str]) -> str:
@@ -253,12 +275,23 @@ def test_the_imap_password_logs_in_to_the_mailbox_and_logout_returns_to_the_logi
     webmail.shot("mailbox after logout")
 
 
-def test_a_wrong_password_shows_login_failed_and_no_mailbox(lab, webmail: Webmail) -> None:
+def test_a_wrong_password_shows_login_failed_and_no_mailbox(lab, lab_ssh, webmail: Webmail) -> None:
     """With an account no other test logs in with: RoundCube locks a user out of the webmail
     for a minute after 3 failed logins (login_rate_limit), whatever the password."""
     page = webmail.page
     user = bystander(lab)
-    webmail.login(user["user"], user["password"] + "-wrong")
+    started = time.monotonic()
+    try:
+        webmail.login(user["user"], user["password"] + "-wrong")
+    except PlaywrightError as exc:
+        # What the IMAP server saw of it: the next failure says where the time went.
+        raise AssertionError(
+            f"no answer to the login form after {time.monotonic() - started:.0f}s: {exc}\n"
+            + imap_side_of_webmail_logins(lab, lab_ssh, user["user"])
+        ) from exc
+    took = time.monotonic() - started
+    if took > 20:
+        warnings.warn(f"a wrong password took {took:.0f}s to answer in the webmail", stacklevel=1)
     message = webmail.wait_for_message(r"Login failed")
     assert message == "Login failed.", message
     expect(page.locator("#messagestack")).to_contain_text("Login failed.")
