@@ -1,4 +1,5 @@
-"""``python -m mailcluster.lab up|down|status|info|quota|add|drain|remove``: the lab CLI."""
+"""``python -m mailcluster.lab up|down|status|info|quota|add|drain|remove|stop|start``: the
+lab CLI."""
 
 from __future__ import annotations
 
@@ -62,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     p_rm = sub.add_parser("remove", help="power a (drained) machine off and delete it")
     p_rm.add_argument("name")
     p_rm.add_argument("--force", action="store_true", help="even a mail node not drained")
+    p_stop = sub.add_parser(
+        "stop", help="cut a machine's power (its processes killed at once); its disk is kept"
+    )
+    p_stop.add_argument("name")
+    p_start = sub.add_parser("start", help="boot a stopped machine again, with its disk")
+    p_start.add_argument("name")
     args = parser.parse_args(argv)
 
     try:
@@ -95,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             core.add(args.name, [g for g in args.groups.split(",") if g], args.platform)
         elif args.cmd == "drain":
             core.drain(args.name)
+        elif args.cmd == "stop":
+            core.stop(args.name)
+        elif args.cmd == "start":
+            core.start(args.name)
         elif args.cmd == "remove":
             core.remove(args.name, force=args.force)
         elif args.cmd == "quota":

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,16 @@ import yaml
 from mailcluster import accounts as accounts_mod
 from mailcluster import webmail_security
 from mailcluster.lab import config, daemons, homes, image, machines, net, pki, platforms
-from mailcluster.lab.system import LabError, log, mounts_under, ok, run
+from mailcluster.lab.system import (
+    LabError,
+    kill_all,
+    log,
+    mounts_under,
+    ok,
+    processes_under,
+    run,
+    wait_until,
+)
 from mailcluster.lab.topology import Machine
 from mailcluster.lab.topology import machines as topology_machines
 
@@ -250,6 +260,11 @@ def up(topology: str, platform: str = platforms.DEFAULT, webmail: str | None = N
     wanted = {m.name: m.platform for m in ms}
     with _locked():
         state = load_state()
+        if state and _owned(state) and state.get("topology") == topology:
+            # Machines powered off with `lab stop` boot again with their disks.
+            for host in [h for h in state["hosts"] if h.get("off")]:
+                _boot(next(m for m in _machines_of(state) if m.name == host["name"]))
+                host.pop("off")
         if (
             state
             and _healthy(state, topology)
@@ -376,7 +391,10 @@ def _leaf(ms: list[Machine]) -> tuple[Path, Path]:
 def _save(state: dict[str, Any], ms: list[Machine], key: Path) -> None:
     """Rewrite what describes the machines: ssh_config, the site file, state.json."""
     draining = {h["name"] for h in state["hosts"] if h.get("draining")}
-    state["hosts"] = _state_hosts(ms, draining)
+    off = {h["name"] for h in state["hosts"] if h.get("off")}
+    state["hosts"] = [
+        h | ({"off": True} if h["name"] in off else {}) for h in _state_hosts(ms, draining)
+    ]
     _write_ssh_config(ms, key)
     tls = config.SECRETS / "tls"
     _write_site(ms, tls / "privkey.pem", tls / "fullchain.pem", tls / "ca.pem", draining)
@@ -450,6 +468,67 @@ def remove(name: str, force: bool = False) -> None:
     log(f"{name} removed from the lab; deploy so the other hosts forget it")
 
 
+def _host(state: dict[str, Any], name: str) -> tuple[dict[str, Any], Machine]:
+    host = next((h for h in state["hosts"] if h["name"] == name), None)
+    if host is None:
+        raise LabError(f"{name}: not in the lab")
+    return host, next(m for m in _machines_of(state) if m.name == name)
+
+
+def _forget_ssh_connection(name: str) -> None:
+    """Close the lab host's shared SSH connection to ``name`` (ControlMaster): after a
+    power cut it would hang the next command until TCP gave up."""
+    subprocess.run(
+        ["ssh", "-F", str(config.SSH_CONFIG), "-O", "exit", name],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+
+
+def stop(name: str) -> None:
+    """Cut a machine's power: every process of it is killed at once (SIGKILL: no
+    shutdown, no service stops, no goodbye on the network). Its disk is kept: what its
+    processes had written is there when it boots again (`start`), as on a disk with a
+    write cache that survives the cut. The site file still lists it: a dead node is the
+    operator's to fail over (mailctl failover)."""
+    with _locked():
+        state = _owned_state()
+        host, m = _host(state, name)
+        marker = f"{machines.machine_dir(m)}/"
+        pids = processes_under(marker)
+        if not pids:
+            log(f"{name} is already off")
+        kill_all(pids)
+        wait_until(f"{name} to be off", lambda: not processes_under(marker), 20)
+        _forget_ssh_connection(name)
+        host["off"] = True
+        config.STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
+    log(f"{name} is off (power cut); its disk is kept: python -m mailcluster.lab start {name}")
+
+
+def _boot(m: Machine) -> None:
+    machines.wait_booted(m, machines.start(m))
+    _settle_boot(m)
+
+
+def start(name: str) -> None:
+    """Boot a machine that `stop` powered off, with its disk as it was: its services
+    start as they are enabled there, with the configuration it had (a node that comes
+    back with its old map)."""
+    with _locked():
+        state = _owned_state()
+        host, m = _host(state, name)
+        if processes_under(f"{machines.machine_dir(m)}/"):
+            log(f"{name} is already on")
+        else:
+            _forget_ssh_connection(name)
+            _boot(m)
+        host.pop("off", None)
+        config.STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
+    log(f"{name} booted ({m.address})")
+
+
 def leftovers() -> list[str]:
     """Machine-wide traces of a lab: what `down` must leave none of."""
     found = []
@@ -458,8 +537,6 @@ def leftovers() -> list[str]:
     if ok(["nft", "list", "table", "inet", config.NFT_TABLE]):
         found.append(f"nft table inet {config.NFT_TABLE}")
     found += [f"mount {p}" for p in mounts_under(config.VAR)]
-    from mailcluster.lab.system import processes_under
-
     found += [f"process {pid}" for pid in processes_under(str(config.VAR))]
     if config.MACHINES.exists() and any(config.MACHINES.iterdir()):
         found.append(f"machine folders in {config.MACHINES}")
@@ -523,8 +600,9 @@ def status() -> tuple[bool, str]:
     for h in state["hosts"]:
         ready = machines._ssh_ready(h["address"])
         up_all &= ready
+        word = "up" if ready else ("off (lab stop)" if h.get("off") else "DOWN")
         lines.append(
             f"{h['name']:<12} {h['address']:<12} {','.join(h['groups']):<12} "
-            f"{h.get('platform', 'debian12'):<12} {'up' if ready else 'DOWN'}"
+            f"{h.get('platform', 'debian12'):<12} {word}"
         )
     return up_all, "\n".join(lines)

@@ -111,6 +111,76 @@ def test_status_reports_every_machine_up(lab) -> None:
         assert f"{h['name']}" in proc.stdout
 
 
+# -- power: stop and start (a node that dies, and comes back) ---------------------------
+
+
+def _ssh_answers(lab, name: str) -> bool:  # noqa: ANN001
+    probe = subprocess.run(
+        [
+            "ssh",
+            "-F",
+            lab["ssh_config"],
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            name,
+            "true",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def test_stop_cuts_a_machines_power_and_start_boots_it_with_its_disk(lab, lab_ssh) -> None:
+    name = mail_hosts(lab)[-1]
+    token = uuid.uuid4().hex
+    # Written, not synced: a power cut in the lab keeps what the machine's processes wrote.
+    lab_ssh(name, f"echo {token} > /root/before-the-cut; systemctl is-active dovecot exim4")
+    boot_id = lab_ssh(name, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    stop = lab_cli("stop", name)
+    assert stop.returncode == 0, stop.stderr
+    try:
+        assert not _ssh_answers(lab, name)
+        status = lab_cli("status")
+        assert status.returncode == 3, status.stdout
+        assert any(line.startswith(name) and "off" in line for line in status.stdout.splitlines())
+        # No shutdown ran: the machine's journal ends without systemd stopping anything.
+    finally:
+        start = lab_cli("start", name)
+    assert start.returncode == 0, start.stderr
+    assert lab_ssh(name, "cat /root/before-the-cut").stdout.strip() == token
+    assert lab_ssh(name, "cat /proc/sys/kernel/random/boot_id").stdout.strip() != boot_id
+    # The previous boot ended without a shutdown (a power cut): systemd never reached
+    # its "Reached target Shutdown" in it.
+    last = lab_ssh(name, "journalctl -b -1 --no-pager -o cat | tail -n 50", check=False).stdout
+    assert "Reached target Shutdown" not in last and "Stopping" not in last, last
+    active = lab_ssh(name, "systemctl is-active dovecot exim4", check=False).stdout.split()
+    assert active == ["active", "active"], active
+    assert lab_cli("status").returncode == 0
+
+
+def test_up_boots_a_stopped_machine_again(lab, lab_ssh) -> None:
+    name = mail_hosts(lab)[-1]
+    assert lab_cli("stop", name).returncode == 0
+    web = next(h["platform"] for h in lab["hosts"] if "webmail" in h["groups"])
+    up = lab_cli(
+        "up",
+        "--topology",
+        lab["topology"],
+        "--platform",
+        lab["platform"],
+        "--webmail-platform",
+        web,
+    )
+    assert up.returncode == 0, up.stderr
+    assert "nothing to do" in up.stderr  # booted, not rebuilt
+    assert _ssh_answers(lab, name)
+    assert lab_cli("status").returncode == 0
+
+
 # -- the network rule: only the package mirror and DNS ------------------------------
 
 
