@@ -5,6 +5,8 @@
                                                   # registration page)
     mailctl [-i INVENTORY] users
     mailctl [-i INVENTORY] drain NODE             # empty a draining mail node's queue
+    mailctl [-i INVENTORY] status [--json]        # the cluster's health; exit 0 OK,
+                                                  # 1 WARNING, 2 CRITICAL, 3 UNKNOWN
 
 The password is never taken from the command line (argv is visible to every local user
 in `ps`). The new {CRAM-MD5} hash goes into the site's password store (secrets_dir), then
@@ -20,10 +22,13 @@ import runpy
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from mailcluster import accounts
 from mailcluster import site as site_mod
+from mailcluster import status as status_mod
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = "inventory/production.py"
@@ -35,15 +40,45 @@ class MailctlError(Exception):
     pass
 
 
-def load_site(inventory: str) -> site_mod.Site:
-    """The site the inventory selects (as pyinfra would load it): validated."""
+def load_inventory(inventory: str) -> tuple[site_mod.Site, dict[str, dict[str, Any]]]:
+    """The site the inventory selects (as pyinfra would load it), validated, and the
+    inventory's connection data per host (ssh_hostname, ssh_user, ssh_key, ...)."""
     path = Path(inventory)
     if not path.is_absolute():
         path = REPO / path
     if not path.exists():
         raise MailctlError(f"{inventory}: no such inventory")
-    runpy.run_path(str(path))  # selects the site file, exits 2 on an invalid one
-    return site_mod.current()
+    names = runpy.run_path(str(path))  # selects the site file, exits 2 on an invalid one
+    connect: dict[str, dict[str, Any]] = {}
+    for value in names.values():
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict):
+                    connect.setdefault(str(item[0]), dict(item[1]))
+    return site_mod.current(), connect
+
+
+def load_site(inventory: str) -> site_mod.Site:
+    """The site the inventory selects (as pyinfra would load it): validated."""
+    return load_inventory(inventory)[0]
+
+
+def status(inventory: str, as_json: bool) -> int:
+    """Print the cluster's health; returns the Nagios exit status."""
+    started = time.monotonic()
+    try:
+        site, connect = load_inventory(inventory)
+        hosts = status_mod.collect(site, connect)
+        findings = status_mod.judge(hosts, site.monitoring)
+    except (MailctlError, site_mod.SiteError, OSError) as exc:
+        print(f"MAILCLUSTER UNKNOWN - {exc}")
+        return status_mod.UNKNOWN
+    seconds = time.monotonic() - started
+    if as_json:
+        print(status_mod.as_json(hosts, findings, seconds))
+    else:
+        print(status_mod.report(hosts, findings, seconds))
+    return status_mod.overall(findings)
 
 
 def check_password(password: str) -> None:
@@ -146,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("users", help="users with an IMAP password, and their backend node")
     p_drain = sub.add_parser("drain", help="empty a draining mail node before removing it")
     p_drain.add_argument("node")
+    p_status = sub.add_parser(
+        "status", help="the cluster's health (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)"
+    )
+    p_status.add_argument("--json", action="store_true", help="machine-readable")
     args = parser.parse_args(argv)
+    if args.cmd == "status":
+        return status(args.inventory, args.json)
 
     try:
         if args.cmd == "passwd":

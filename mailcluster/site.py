@@ -126,6 +126,39 @@ class Sending(_Strict):
     recipients_per_hour: int = Field(default=500, ge=1, le=1_000_000)
 
 
+class Monitoring(_Strict):
+    """Thresholds of `mailctl status` (mailcluster/status.py), which monitoring runs as a
+    Nagios-style check: over a warning threshold it exits 1, over a critical one 2."""
+
+    # A node's queue holds a few messages between deliveries; a hundred means a
+    # destination or a backend is not taking mail; a thousand, that users notice.
+    queue_warning: int = Field(default=100, ge=1)
+    queue_critical: int = Field(default=1000, ge=1)
+    # Exim retries a deferred message every 15 minutes at first: one still queued after
+    # an hour failed four times (a backend or a destination is down). After 12 hours the
+    # sender is about to get Exim's delay warning (24 h).
+    queue_age_warning_s: int = Field(default=3600, ge=60)
+    queue_age_critical_s: int = Field(default=12 * 3600, ge=60)
+    # A frozen message is one Exim gave up on until someone looks: any is worth a look.
+    frozen_warning: int = Field(default=1, ge=1)
+    # Three weeks leave time to renew by hand; under 7 days the deploy's own pre-flight
+    # refuses the certificate (roles/tls.py), so no node could even be redeployed.
+    cert_days_warning: int = Field(default=21, ge=1)
+    cert_days_critical: int = Field(default=7, ge=0)
+
+    @model_validator(mode="after")
+    def _warning_before_critical(self) -> Monitoring:
+        for warn, crit in (
+            ("queue_warning", "queue_critical"),
+            ("queue_age_warning_s", "queue_age_critical_s"),
+        ):
+            if getattr(self, warn) >= getattr(self, crit):
+                raise ValueError(f"{warn} must be below {crit}")
+        if self.cert_days_warning <= self.cert_days_critical:
+            raise ValueError("cert_days_warning must be above cert_days_critical")
+        return self
+
+
 class Webmail(_Strict):
     """The webmail hosts' RoundCube."""
 
@@ -184,6 +217,7 @@ class Site(_Strict):
     bruteforce: BruteForce = Field(default_factory=BruteForce)
     webmail: Webmail = Field(default_factory=Webmail)
     sending: Sending = Field(default_factory=Sending)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @field_validator("timezone")
     @classmethod

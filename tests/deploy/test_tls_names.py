@@ -42,9 +42,16 @@ db = _target["db"]
 '''
 
 
-def leaf_without(site: site_mod.Site, left_out: str, addresses: list[str], out: Path) -> Path:
+def leaf_without(
+    site: site_mod.Site,
+    left_out: str | None,
+    addresses: list[str],
+    out: Path,
+    days: float = 90,
+) -> Path:
     """Key and chain (leaf + CA) signed by the target's own CA, with the names its own
-    certificate has (mailcluster/lab/pki.py) except ``left_out``. Returns the folder."""
+    certificate has (mailcluster/lab/pki.py) except ``left_out``, valid ``days`` from
+    now. Returns the folder."""
     ca_path = Path(site.tls.ca_cert)
     ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
     # The lab keeps its CA key next to the CA (mailcluster/lab/pki.py, ensure_ca); so does
@@ -65,7 +72,7 @@ def leaf_without(site: site_mod.Site, left_out: str, addresses: list[str], out: 
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=90))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName(n) for n in names]
