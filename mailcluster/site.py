@@ -159,6 +159,36 @@ class Monitoring(_Strict):
         return self
 
 
+class Backups(_Strict):
+    """Daily dumps of RoundCube's database (contacts, identities, settings, sessions) on
+    the db host (docs/RUNBOOK.md, "Restore the webmail's database")."""
+
+    # Where the dumps go, on the db host. In production, a mount of the backup server
+    # there: a dump on the database's own disk is lost with it.
+    directory: Path = Path("/var/backups/mailcluster/roundcube")
+    # Two weeks: a contact deleted by mistake is noticed within days; a dump of a few MB
+    # a day costs nothing to keep.
+    keep_days: int = Field(default=14, ge=1, le=3650)
+    # When (systemd OnCalendar time of day, the host's time zone): the quietest hour.
+    time: str = "03:15"
+
+    @field_validator("directory")
+    @classmethod
+    def _absolute_dir(cls, value: Path) -> Path:
+        if not value.is_absolute() or str(value) == "/":
+            raise ValueError("must be an absolute path (not /)")
+        if not re.fullmatch(r"[A-Za-z0-9_./-]+", str(value)):
+            raise ValueError("letters, digits and _ . / - only (it goes into scripts)")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time_of_day(cls, value: str) -> str:
+        if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", value):
+            raise ValueError(f"{value!r} is not a time of day like 03:15")
+        return value
+
+
 class Webmail(_Strict):
     """The webmail hosts' RoundCube."""
 
@@ -218,6 +248,7 @@ class Site(_Strict):
     webmail: Webmail = Field(default_factory=Webmail)
     sending: Sending = Field(default_factory=Sending)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    backups: Backups = Field(default_factory=Backups)
 
     @field_validator("timezone")
     @classmethod

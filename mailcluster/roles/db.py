@@ -7,6 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.postgres import PostgresRoles
 from pyinfra.operations import apt, postgres, server, systemd
+from pyinfra.operations.util import any_changed
 
 from mailcluster import platform
 from mailcluster.ops import managed_file, service_action
@@ -100,4 +101,44 @@ def db() -> None:
         psql_user="postgres",
         _sudo=True,
         _sudo_user="postgres",
+    )
+    backups(site)
+
+
+BACKUP_SCRIPT = "/usr/local/sbin/mailcluster-roundcube-backup"
+RESTORE_SCRIPT = "/usr/local/sbin/mailcluster-roundcube-restore"
+BACKUP_UNIT = "mailcluster-roundcube-backup"
+
+
+def backups(site: Site) -> None:
+    """A daily pg_dump of RoundCube's database to the site's backup directory, old dumps
+    removed after ``backups.keep_days``, and the restore script the RUNBOOK uses."""
+    context = {"backups": site.backups, "db": DB_NAME, "user": DB_USER}
+    for script, template in (
+        (BACKUP_SCRIPT, "postgresql/roundcube-backup.sh.j2"),
+        (RESTORE_SCRIPT, "postgresql/roundcube-restore.sh.j2"),
+    ):
+        managed_file(
+            name=f"{script.rsplit('/', 1)[1]}",
+            dest=script,
+            template=template,
+            context=context,
+            mode="755",
+            validate="sh -n {path}",
+        )
+    units = [
+        managed_file(
+            name=f"{BACKUP_UNIT}.{kind}",
+            dest=f"/etc/systemd/system/{BACKUP_UNIT}.{kind}",
+            template=f"postgresql/{BACKUP_UNIT}.{kind}.j2",
+            context=context,
+        )
+        for kind in ("service", "timer")
+    ]
+    systemd.daemon_reload(name="systemd reads the backup units", _if=any_changed(*units))
+    systemd.service(
+        name="Daily dump of RoundCube's database (timer)",
+        service=f"{BACKUP_UNIT}.timer",
+        running=True,
+        enabled=True,
     )

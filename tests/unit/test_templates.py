@@ -39,6 +39,7 @@ _PASSDB: dict[str, Any] = {
     ],
     "proxy_timeout": 10,
 }
+BACKUP_CONTEXT = {"backups": SITE.backups, "db": "roundcube", "user": "roundcube"}
 DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
     "dovecot/dovecot.conf.j2": {
         "me": SITE.hosts[0],
@@ -80,6 +81,10 @@ EXIM_CONTEXTS: dict[str, dict[str, Any]] = {
 
 WEBMAIL_CONTEXTS: dict[str, dict[str, Any]] = {
     "postgresql/mailcluster.conf.j2": {"address": "127.0.0.4"},
+    "postgresql/roundcube-backup.sh.j2": BACKUP_CONTEXT,
+    "postgresql/roundcube-restore.sh.j2": BACKUP_CONTEXT,
+    "postgresql/mailcluster-roundcube-backup.service.j2": BACKUP_CONTEXT,
+    "postgresql/mailcluster-roundcube-backup.timer.j2": BACKUP_CONTEXT,
     "postgresql/pg_hba.conf.j2": {
         "db": "roundcube",
         "user": "roundcube",
