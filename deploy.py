@@ -11,6 +11,7 @@ from mailcluster.roles.db import db
 from mailcluster.roles.dovecot import dovecot
 from mailcluster.roles.exim import exim
 from mailcluster.roles.fail2ban import fail2ban
+from mailcluster.roles.fencing import fencing
 from mailcluster.roles.webmail import webmail
 
 # Each role is called from its own line: pyinfra orders operations across hosts by the
@@ -25,6 +26,7 @@ base()
 if "db" in groups:
     db()
 if "mail" in groups:
+    fencing()
     exim()
     dovecot()
 if "webmail" in groups:

@@ -7,6 +7,10 @@
     mailctl [-i INVENTORY] drain NODE             # empty a draining mail node's queue
     mailctl [-i INVENTORY] status [--json]        # the cluster's health; exit 0 OK,
                                                   # 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    mailctl [-i INVENTORY] failover NODE [--force]  # a dead mail node's users served
+                                                    # by the others (docs/RUNBOOK.md)
+    mailctl [-i INVENTORY] rejoin NODE            # a failed node holds mail again after
+                                                  # the next deploy
 
 The password is never taken from the command line (argv is visible to every local user
 in `ps`). The new {CRAM-MD5} hash goes into the site's password store (secrets_dir), then
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mailcluster import accounts
+from mailcluster import failover as failover_mod
 from mailcluster import site as site_mod
 from mailcluster import status as status_mod
 
@@ -143,7 +148,7 @@ def drain(inventory: str, node: str) -> None:
     h = next((x for x in site.in_group("mail") if x.name == node), None)
     if h is None:
         raise MailctlError(f"{node}: not a mail node of the site")
-    if not h.draining:
+    if not h.draining and node not in site.failed_nodes():
         raise MailctlError(
             f"{node}: not marked draining; set `draining: true` on it in the site file and "
             "run the deploy first (docs/RUNBOOK.md, remove a mail node)"
@@ -185,6 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         "status", help="the cluster's health (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)"
     )
     p_status.add_argument("--json", action="store_true", help="machine-readable")
+    p_failover = sub.add_parser(
+        "failover", help="serve a dead mail node's users by the other nodes (docs/RUNBOOK.md)"
+    )
+    p_failover.add_argument("node")
+    p_failover.add_argument(
+        "--force", action="store_true", help="it still answers, but you have fenced it"
+    )
+    p_rejoin = sub.add_parser("rejoin", help="a failed-over node holds mail again (deploy next)")
+    p_rejoin.add_argument("node")
     args = parser.parse_args(argv)
     if args.cmd == "status":
         return status(args.inventory, args.json)
@@ -201,13 +215,24 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "drain":
             drain(args.inventory, args.node)
             print(f"{args.node}: drained (no mailbox served, queue empty); safe to power off")
+        elif args.cmd == "failover":
+            failover_mod.failover(
+                args.inventory, load_site(args.inventory), args.node, force=args.force
+            )
+            print(
+                f"{args.node}: when it boots it stays fenced until a deploy; then "
+                f"`mailctl drain {args.node}` delivers its queue (docs/RUNBOOK.md)"
+            )
+        elif args.cmd == "rejoin":
+            failover_mod.rejoin(load_site(args.inventory), args.node)
+            print(f"{args.node}: no longer failed; run the deploy (its users move back)")
         elif args.cmd == "users":
             site = load_site(args.inventory)
             for user in sorted(accounts.read_passwords(site.secrets_dir)):
                 backend = site.backend_of(user)
                 pinned = " (override)" if user in site.backend_overrides else ""
                 print(f"{user}\t{backend}{pinned}")
-    except (MailctlError, site_mod.SiteError, ValueError) as exc:
+    except (MailctlError, failover_mod.FailoverError, site_mod.SiteError, ValueError) as exc:
         print(f"mailctl: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -28,6 +28,8 @@ from pydantic import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SITE_FILE = REPO_ROOT / "group_data" / "site.yaml"
 SITE_ENV = "MAILCLUSTER_SITE"
+# In secrets_dir: the mail nodes `mailctl failover` took out of the map (Site.failed_nodes).
+FAILED_NODES_FILE = "failed-nodes"
 # The lab's git-ignored state folder: the only place inside the checkout secrets may be.
 LAB_STATE = REPO_ROOT / ".lab"
 
@@ -290,7 +292,7 @@ class Site(_Strict):
         for h in self.hosts:
             if h.draining and "mail" not in h.groups:
                 raise ValueError(f"hosts: {h.name}: draining is for mail nodes only")
-        backends = self.backend_nodes()
+        backends = [h.name for h in self.hosts if "mail" in h.groups and not h.draining]
         if not backends:
             raise ValueError("hosts: every mail node is draining; at least one must hold mail")
         for user, node in self.backend_overrides.items():
@@ -312,15 +314,35 @@ class Site(_Strict):
                 return h
         raise KeyError(name)
 
+    def failed_nodes(self) -> list[str]:
+        """Mail nodes failed over (`mailctl failover`, docs/RUNBOOK.md): no user's backend
+        until `mailctl rejoin`. Kept on the deploying machine in secrets_dir/failed-nodes
+        (a name per line), beside the cluster's other generated state, so that the site
+        file stays the operator's own."""
+        try:
+            text = (self.secrets_dir / FAILED_NODES_FILE).read_text()
+        except FileNotFoundError:
+            return []
+        names = {h.name for h in self.in_group("mail")}
+        return [n for n in text.split() if n in names]
+
     def backend_nodes(self) -> list[str]:
-        """Mail nodes that hold mailboxes: all but the draining ones."""
-        return [h.name for h in self.hosts if "mail" in h.groups and not h.draining]
+        """Mail nodes that hold mailboxes: all but the draining and the failed ones."""
+        failed = set(self.failed_nodes())
+        return [
+            h.name
+            for h in self.hosts
+            if "mail" in h.groups and not h.draining and h.name not in failed
+        ]
 
     def backend_of(self, user: str) -> str:
-        """The mail node holding ``user``'s mailbox (the one place the map is computed)."""
+        """The mail node holding ``user``'s mailbox (the one place the map is computed).
+        An override naming a failed node gives way to the user's next choice."""
         from mailcluster.accounts import backend_for
 
-        return backend_for(user, self.backend_nodes(), self.backend_overrides)
+        nodes = self.backend_nodes()
+        overrides = {u: n for u, n in self.backend_overrides.items() if n in nodes}
+        return backend_for(user, nodes, overrides)
 
     def fqdn(self, name: str) -> str:
         return f"{name}.{self.domain}"

@@ -8,6 +8,7 @@ Nagios plugin convention: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, and a fir
 
 What counts as what (the reasons are in site.py's ``Monitoring``):
 - CRITICAL: a host that does not answer SSH; a service that is not active; a mail node
+  fenced after a crash (roles/fencing.py); a mail node
   whose backend map differs from the other nodes' (two servers could then write one
   Maildir); a certificate on a live port with fewer than ``cert_days_critical`` days
   left (or none at all); a queue over ``queue_critical`` or older than
@@ -93,6 +94,7 @@ class HostStatus:
     cert_days: dict[str, float | None] = field(default_factory=dict)
     cert_errors: dict[str, str] = field(default_factory=dict)
     marks: list[str] = field(default_factory=list)
+    fenced: bool = False
     seconds: float = 0.0
 
 
@@ -143,6 +145,8 @@ def parse_host_output(h: HostStatus, text: str) -> None:
             ages.append(_age_seconds(rest[0]))
         elif key == "frozen_one":
             frozen += 1
+        elif key == "fenced":
+            h.fenced = True
         elif key == "map":
             h.map_id = rest[0]
         elif key == "bans":
@@ -231,14 +235,19 @@ def cert_days_left(address: str, port: int, protocol: str, now: dt.datetime) -> 
 
 
 def read_certs(h: HostStatus) -> None:
+    """Every live TLS port of ``h``, all at once."""
     now = dt.datetime.now(dt.timezone.utc)
-    for group in h.groups:
-        for port, protocol in TLS_PORTS.get(group, ()):
-            try:
-                h.cert_days[str(port)] = round(cert_days_left(h.address, port, protocol, now), 1)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                h.cert_days[str(port)] = None
-                h.cert_errors[str(port)] = str(exc) or type(exc).__name__
+    ports = [p for g in h.groups for p in TLS_PORTS.get(g, ())]
+
+    def one(port: int, protocol: str) -> None:
+        try:
+            h.cert_days[str(port)] = round(cert_days_left(h.address, port, protocol, now), 1)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            h.cert_days[str(port)] = None
+            h.cert_errors[str(port)] = str(exc) or type(exc).__name__
+
+    with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
+        list(pool.map(lambda pp: one(*pp), ports))
 
 
 # -- judging ---------------------------------------------------------------------------
@@ -247,11 +256,24 @@ def read_certs(h: HostStatus) -> None:
 def judge(hosts: list[HostStatus], limits: site_mod.Monitoring) -> list[Finding]:
     out: list[Finding] = []
     for h in hosts:
-        if not h.reachable:
+        if not h.reachable and "failed" in h.marks:
+            # Expected: its users are served elsewhere; it waits for repair or removal.
+            out.append(Finding(WARNING, h.name, f"failed over and unreachable ({h.error})"))
+        elif not h.reachable:
             out.append(Finding(CRITICAL, h.name, f"unreachable ({h.error})"))
         elif h.error:
             out.append(Finding(UNKNOWN, h.name, h.error))
+        if h.fenced:
+            out.append(
+                Finding(
+                    CRITICAL,
+                    h.name,
+                    "fenced (back from a crash, its map may be stale): run the deploy",
+                )
+            )
         for unit, state in sorted(h.services.items()):
+            if h.fenced and unit in ("dovecot", "exim4"):
+                continue  # held by the fence, said above
             if state != "active":
                 out.append(Finding(CRITICAL, h.name, f"{unit} is {state}"))
         if h.reachable and h.chrony is not None and h.chrony != "Normal":
@@ -281,7 +303,7 @@ def judge(hosts: list[HostStatus], limits: site_mod.Monitoring) -> list[Finding]
             out.append(Finding(WARNING, h.name, f"{h.frozen} frozen message(s) in the queue"))
         for port, days in sorted(h.cert_days.items(), key=lambda kv: int(kv[0])):
             if days is None:
-                if h.reachable:
+                if h.reachable and not h.fenced:  # a fenced node's ports are closed
                     err = h.cert_errors.get(port, "")
                     out.append(Finding(CRITICAL, h.name, f"port {port}: no certificate ({err})"))
             elif days < limits.cert_days_critical:
@@ -306,7 +328,11 @@ def _expiry(days: float) -> str:
 
 def _map_findings(hosts: list[HostStatus]) -> list[Finding]:
     """Every reachable mail node must hold the same backend map as the others."""
-    maps = {h.name: h.map_id for h in hosts if "mail" in h.groups and h.reachable}
+    maps = {
+        h.name: h.map_id
+        for h in hosts
+        if "mail" in h.groups and h.reachable and "failed" not in h.marks and not h.fenced
+    }
     if not maps:
         return []
     counts: dict[str | None, int] = {}
@@ -349,18 +375,19 @@ def collect(
 ) -> list[HostStatus]:
     """Ask every host of ``site`` at once (``connect``: the inventory's data per host)."""
     hosts = []
+    failed = set(site.failed_nodes())
     for h in site.hosts:
         s = HostStatus(h.name, str(h.address), list(h.groups), site.fqdn(h.name))
         if h.draining:
             s.marks.append("draining")
-        if getattr(h, "failed", False):
+        if h.name in failed:
             s.marks.append("failed")
         hosts.append(s)
 
     def one(s: HostStatus) -> None:
         started = time.monotonic()
         ask(s, connect.get(s.name, {}))
-        if s.reachable or "webmail" in s.groups or "mail" in s.groups:
+        if s.reachable:  # an unreachable host's ports would only add timeouts
             read_certs(s)
         s.seconds = round(time.monotonic() - started, 2)
 

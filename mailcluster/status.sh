@@ -13,6 +13,7 @@ for u in "$@"; do
 done
 chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony /p'
 if [ "$mail" = 1 ]; then
+  [ "$(mailcluster-fence status 2>/dev/null)" = fenced ] && echo "fenced"
   echo "imap_sessions $(doveadm who -1 2>/dev/null | tail -n +2 | grep -c . || true)"
   echo "queue $(exim -bpc 2>/dev/null || echo '?')"
   exim -bp 2>/dev/null | awk '

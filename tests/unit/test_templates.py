@@ -39,6 +39,7 @@ _PASSDB: dict[str, Any] = {
     ],
     "proxy_timeout": 10,
 }
+FENCE_CONTEXT = {"script": "/s", "up_marker": "/var/u", "fenced_flag": "/run/f"}
 BACKUP_CONTEXT = {"backups": SITE.backups, "db": "roundcube", "user": "roundcube"}
 DOVECOT_CONTEXTS: dict[str, dict[str, Any]] = {
     "dovecot/dovecot.conf.j2": {
@@ -81,6 +82,9 @@ EXIM_CONTEXTS: dict[str, dict[str, Any]] = {
 
 WEBMAIL_CONTEXTS: dict[str, dict[str, Any]] = {
     "postgresql/mailcluster.conf.j2": {"address": "127.0.0.4"},
+    "fence/mailcluster-fence.sh.j2": FENCE_CONTEXT,
+    "fence/mailcluster-fence.service.j2": FENCE_CONTEXT,
+    "fence/fenced.conf.j2": FENCE_CONTEXT,
     "postgresql/roundcube-backup.sh.j2": BACKUP_CONTEXT,
     "postgresql/roundcube-restore.sh.j2": BACKUP_CONTEXT,
     "postgresql/mailcluster-roundcube-backup.service.j2": BACKUP_CONTEXT,
