@@ -16,7 +16,7 @@ last mail node. Each run:
    later, `mailctl failover VICTIM`. **Failover time**: from the command's start to the
    first successful IMAPS login of a moved user through any surviving node.
 4. The load goes on ``--after`` s and stops. Unmoved users: no failed login, the held
-   sessions still answer.
+   sessions still answer, and no surviving node's Exim deferred a message to them.
 5. `lab start` the victim: it must come up fenced (IMAPS and SMTP closed, its queue
    still on its disk). The deploy brings it in line; a moved user logs in on it
    directly (it proxies now); `mailctl drain VICTIM` delivers its queue; `mailctl
@@ -286,6 +286,21 @@ def one_run(lab: dict[str, Any], victim: str, args: argparse.Namespace) -> dict[
     if load.unmoved_failures:
         checks.append(f"unmoved users' failed logins: {load.unmoved_failures[:5]}")
 
+    # No mail of an unmoved user was held back: Exim deferred none of the run's messages
+    # to them on any surviving node (its log: "<=" names the Message-ID, "==" a deferral).
+    deferred: Counter[str] = Counter()
+    for n in survivors:
+        script = (
+            f"log=/var/log/exim4/mainlog; for i in $(grep -F 'id=failover-{run_id}-' $log "
+            "| awk '{print $3}' | sort -u); do grep -F \" $i == \" $log; done "
+            "| awk '{print $5}'"
+        )
+        for rcpt in hosts.run(ssh, n["name"], script, check=False).stdout.split():
+            deferred[rcpt.split("@")[0]] += 1
+    unmoved_deferred = sum(c for u, c in deferred.items() if u in set(unmoved))
+    if unmoved_deferred:
+        checks.append(f"deliveries to unmoved users deferred: {unmoved_deferred}")
+
     # 5. The return: fenced, brought in line, drained, rejoined.
     lab_cli("start", victim)
     fence = hosts.run(ssh, victim, "mailcluster-fence status", check=False).stdout.strip()
@@ -334,6 +349,8 @@ def one_run(lab: dict[str, Any], victim: str, args: argparse.Namespace) -> dict[
         "logins": load.logins,
         "moved_failed_logins": load.moved_failures,
         "unmoved_failed_logins": len(load.unmoved_failures),
+        "moved_deferred": sum(c for u, c in deferred.items() if u in set(moved)),
+        "unmoved_deferred": unmoved_deferred,
         "checks_failed": checks,
     }
     return report
