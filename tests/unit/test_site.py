@@ -132,3 +132,23 @@ def test_production_inventory_groups_come_from_the_site_file(monkeypatch) -> Non
     assert names["db"] == ["db01"]
     assert dict(inv["mail"])["mail03"]["ssh_hostname"] == "10.20.1.13"
     assert site.selected_path() == REPO / "group_data" / "site.yaml"
+
+
+def test_a_failed_node_holds_no_mail_and_only_its_users_move(data, tmp_path: Path) -> None:
+    data["secrets_dir"] = str(tmp_path)
+    first = next(h["name"] for h in data["hosts"] if "mail" in h["groups"])
+    data["backend_overrides"] = {"pinned": first}
+    s = site.parse(data, "test")
+    users = [f"user{i}" for i in range(300)]
+    before = {u: s.backend_of(u) for u in users}
+    victim = before["user0"]
+    (tmp_path / site.FAILED_NODES_FILE).write_text(f"{victim}\nnot-a-node\n")
+    assert s.failed_nodes() == [victim]
+    assert victim not in s.backend_nodes()
+    after = {u: s.backend_of(u) for u in users}
+    moved = [u for u in users if after[u] != before[u]]
+    assert moved and all(before[u] == victim for u in moved)
+    assert not any(b == victim for b in after.values())
+    # An override naming the failed node gives way to the user's next choice.
+    (tmp_path / site.FAILED_NODES_FILE).write_text(f"{first}\n")
+    assert s.backend_of("pinned") != first
