@@ -356,6 +356,32 @@ def one_run(lab: dict[str, Any], victim: str, args: argparse.Namespace) -> dict[
     return report
 
 
+def markdown(summary: dict[str, Any], started: str, args: argparse.Namespace) -> str:
+    runs = summary["runs"]
+    ft = summary["failover_s"]
+    rows = "".join(
+        f"| {i + 1} | {r['victim']} ({r['moved_users']} users) | {r['failover_s']} s | "
+        f"{r['command_s']} s | {r['accepted']} + {r['queued_on_victim']} | {r['delivered']} | "
+        f"{r['lost']} | {r['duplicated']} | {r['unmoved_failed_logins']} | "
+        f"{r['unmoved_deferred']} | {'; '.join(r['checks_failed']) or 'all passed'} |\n"
+        for i, r in enumerate(runs)
+    )
+    return (
+        f"\n## {started}: failover, {len(runs)} runs (`bench/failover.py`)\n\n"
+        f"Lab on {summary['platform']} (mail nodes), on {summary['machine']}. Command: "
+        f"`bench/failover.py --add mail03 --runs {len(runs)} --write BENCHMARKS.md` (power cut "
+        f"by `lab stop`, {args.outage} s before `mailctl failover`; load through the "
+        f"surviving nodes: a message every {args.interval} s on port 25, IMAPS logins "
+        f"every 100 ms). **Failover time** (the command's start to a moved user's first "
+        f"successful login through any surviving node): min {ft['min']} s, median "
+        f"{ft['median']} s, max {ft['max']} s.\n\n"
+        "| run | victim (its users) | failover time | command | messages (accepted + "
+        "in its queue) | delivered | lost | duplicated | unmoved users' failed logins | "
+        "unmoved users' deferrals | checks (fence, queue kept, direct login after deploy, "
+        "held sessions) |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + rows
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1)
@@ -366,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--after", type=int, default=10, help="s of load after the failover")
     ap.add_argument("--deadline", type=int, default=180, help="s to wait for delivery")
     ap.add_argument("--json", type=Path, help="write the report here too")
+    ap.add_argument("--write", type=Path, help="append a Markdown table to this file")
     args = ap.parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
     if args.add:
         log(f"adding {args.add} (lab add, deploy)")
@@ -402,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"failover time over {len(times)} runs: {summary['failover_s']}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.write:
+        with args.write.open("a") as fh:
+            fh.write(markdown(summary, started, args))
     bad = [
         r
         for r in reports
