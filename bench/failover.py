@@ -16,7 +16,9 @@ last mail node. Each run:
    later, `mailctl failover VICTIM`. **Failover time**: from the command's start to the
    first successful IMAPS login of a moved user through any surviving node.
 4. The load goes on ``--after`` s and stops. Unmoved users: no failed login, the held
-   sessions still answer, and no surviving node's Exim deferred a message to them.
+   sessions still answer, and no surviving node's Exim deferred a message to them. Every
+   accepted message is in its recipient's Maildir within ``--settle`` s, before the
+   victim returns (mail for its users went to their new backends, not waiting for it).
 5. `lab start` the victim: it must come up fenced (IMAPS and SMTP closed, its queue
    still on its disk). The deploy brings it in line; a moved user logs in on it
    directly (it proxies now); `mailctl drain VICTIM` delivers its queue; `mailctl
@@ -301,6 +303,19 @@ def one_run(lab: dict[str, Any], victim: str, args: argparse.Namespace) -> dict[
     if unmoved_deferred:
         checks.append(f"deliveries to unmoved users deferred: {unmoved_deferred}")
 
+    # Mail for the moved users went to their new backends, not waiting for the victim:
+    # everything accepted is in a Maildir before the victim boots again.
+    accepted_users = set(load.accepted.values())
+    settle = time.monotonic() + args.settle
+    while True:
+        before_return = maildir_counts(accepted_users, run_id)
+        if set(load.accepted) <= set(before_return) or time.monotonic() > settle:
+            break
+        time.sleep(2)
+    waiting = [m for m in load.accepted if m not in before_return]
+    if waiting:
+        checks.append(f"{len(waiting)} accepted messages not delivered before {victim} returned")
+
     # 5. The return: fenced, brought in line, drained, rejoined.
     lab_cli("start", victim)
     fence = hosts.run(ssh, victim, "mailcluster-fence status", check=False).stdout.strip()
@@ -344,6 +359,7 @@ def one_run(lab: dict[str, Any], victim: str, args: argparse.Namespace) -> dict[
         "refused": load.refused,
         "queued_on_victim": args.queued,
         "delivered": sum(1 for m in wanted if counts[m] >= 1),
+        "delivered_before_return": len(load.accepted) - len(waiting),
         "lost": sum(1 for m in wanted if counts[m] == 0),
         "duplicated": sum(1 for m in wanted if counts[m] > 1),
         "logins": load.logins,
@@ -361,7 +377,8 @@ def markdown(summary: dict[str, Any], started: str, args: argparse.Namespace) ->
     ft = summary["failover_s"]
     rows = "".join(
         f"| {i + 1} | {r['victim']} ({r['moved_users']} users) | {r['failover_s']} s | "
-        f"{r['command_s']} s | {r['accepted']} + {r['queued_on_victim']} | {r['delivered']} | "
+        f"{r['command_s']} s | {r['accepted']} + {r['queued_on_victim']} | "
+        f"{r['delivered_before_return']} + {r['delivered'] - r['delivered_before_return']} | "
         f"{r['lost']} | {r['duplicated']} | {r['unmoved_failed_logins']} | "
         f"{r['unmoved_deferred']} | {'; '.join(r['checks_failed']) or 'all passed'} |\n"
         for i, r in enumerate(runs)
@@ -376,7 +393,8 @@ def markdown(summary: dict[str, Any], started: str, args: argparse.Namespace) ->
         f"successful login through any surviving node): min {ft['min']} s, median "
         f"{ft['median']} s, max {ft['max']} s.\n\n"
         "| run | victim (its users) | failover time | command | messages (accepted + "
-        "in its queue) | delivered | lost | duplicated | unmoved users' failed logins | "
+        "in its queue) | delivered (before + after its return) | lost | duplicated | "
+        "unmoved users' failed logins | "
         "unmoved users' deferrals | checks (fence, queue kept, direct login after deploy, "
         "held sessions) |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + rows
     )
@@ -391,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outage", type=int, default=5, help="s between power cut and failover")
     ap.add_argument("--after", type=int, default=10, help="s of load after the failover")
     ap.add_argument("--deadline", type=int, default=180, help="s to wait for delivery")
+    ap.add_argument(
+        "--settle", type=int, default=60, help="s for the accepted mail to land before the return"
+    )
     ap.add_argument("--json", type=Path, help="write the report here too")
     ap.add_argument("--write", type=Path, help="append a Markdown table to this file")
     args = ap.parse_args(argv)
