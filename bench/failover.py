@@ -51,11 +51,11 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import labinfo
 from labinfo import REPO, backend_of, lab_info, machine
 
 from tests import hosts
 
-HOMES = Path("/var/lib/mclab/homes")
 TIMEOUT_S = 10
 
 
@@ -195,22 +195,7 @@ class Load:
 
 
 def maildir_counts(users: set[str], run_id: str) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    needle = f"<failover-{run_id}-".encode()
-    for user in users:
-        for sub in ("new", "cur"):
-            folder = HOMES / user / "Maildir" / sub
-            if not folder.is_dir():
-                continue
-            for path in folder.iterdir():
-                try:
-                    head = path.read_bytes()[:4096]
-                except OSError:
-                    continue
-                start = head.find(needle)
-                if start >= 0:
-                    counts[head[start : head.find(b">", start) + 1].decode()] += 1
-    return counts
+    return labinfo.maildir_counts(users, f"<failover-{run_id}-")
 
 
 def closed(address: str, port: int) -> bool:

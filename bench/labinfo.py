@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,28 @@ def backend_of(info: dict[str, Any]) -> Callable[[str], str]:
     from mailcluster import site as site_mod
 
     return site_mod.load(Path(info["site_file"])).backend_of
+
+
+# The lab's shared homes, as the lab host sees them (mail nodes mount them at /home).
+HOMES = Path("/var/lib/mclab/homes")
+
+
+def maildir_counts(users: set[str], prefix: str) -> Counter[str]:
+    """Message-ID -> number of files holding it, over the users' Maildirs (new and cur),
+    for the Message-IDs that start with ``prefix`` (``<lost-RUNID-``)."""
+    counts: Counter[str] = Counter()
+    needle = prefix.encode()
+    for user in users:
+        for sub in ("new", "cur"):
+            folder = HOMES / user / "Maildir" / sub
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                try:
+                    head = path.read_bytes()[:4096]
+                except OSError:
+                    continue
+                start = head.find(needle)
+                if start >= 0:
+                    counts[head[start : head.find(b">", start) + 1].decode()] += 1
+    return counts

@@ -46,12 +46,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from labinfo import REPO, lab_info
+import labinfo
+from labinfo import HOMES, REPO, lab_info
 
 from tests import hosts
 
 SSH_TIMEOUT_S = 300  # a command on a node (its exit status is not checked)
-HOMES = Path("/var/lib/mclab/homes")
 OVER_QUOTA_USER = "heidi"
 MARK = "# changed by bench/nothing_lost.py"
 
@@ -146,23 +146,7 @@ def disturb(lab: dict[str, Any], outage_s: int, tmp: Path, events: list[str]) ->
 
 def maildir_counts(users: set[str], run_id: str) -> Counter[str]:
     """Message-ID -> number of files holding it, over the users' Maildirs."""
-    counts: Counter[str] = Counter()
-    needle = f"<lost-{run_id}-".encode()
-    for user in users:
-        for sub in ("new", "cur"):
-            folder = HOMES / user / "Maildir" / sub
-            if not folder.is_dir():
-                continue
-            for path in folder.iterdir():
-                try:
-                    head = path.read_bytes()[:4096]
-                except OSError:
-                    continue
-                start = head.find(needle)
-                if start >= 0:
-                    end = head.find(b">", start)
-                    counts[head[start : end + 1].decode()] += 1
-    return counts
+    return labinfo.maildir_counts(users, f"<lost-{run_id}-")
 
 
 def remove_run(users: set[str], run_id: str) -> None:

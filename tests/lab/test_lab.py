@@ -87,10 +87,10 @@ def test_machines_run_systemd_as_pid_1_in_an_nspawn_container(lab, lab_ssh) -> N
         assert out == ["systemd", "systemd-nspawn"]
 
 
-def test_up_again_is_a_quick_no_op(lab) -> None:
-    started = time.monotonic()
+def up_again(lab):  # noqa: ANN001, ANN201
+    """`lab up` with the running lab's own topology and platforms."""
     web = next(h["platform"] for h in lab["hosts"] if "webmail" in h["groups"])
-    proc = lab_cli(
+    return lab_cli(
         "up",
         "--topology",
         lab["topology"],
@@ -99,6 +99,11 @@ def test_up_again_is_a_quick_no_op(lab) -> None:
         "--webmail-platform",
         web,
     )
+
+
+def test_up_again_is_a_quick_no_op(lab) -> None:
+    started = time.monotonic()
+    proc = up_again(lab)
     assert proc.returncode == 0, proc.stderr
     assert "nothing to do" in proc.stderr
     assert time.monotonic() - started < 30
@@ -176,16 +181,7 @@ def test_stop_cuts_a_machines_power_and_start_boots_it_with_its_disk(lab, lab_ss
 def test_up_boots_a_stopped_machine_again(lab, lab_ssh) -> None:
     name = mail_hosts(lab)[-1]
     assert lab_cli("stop", name).returncode == 0
-    web = next(h["platform"] for h in lab["hosts"] if "webmail" in h["groups"])
-    up = lab_cli(
-        "up",
-        "--topology",
-        lab["topology"],
-        "--platform",
-        lab["platform"],
-        "--webmail-platform",
-        web,
-    )
+    up = up_again(lab)
     assert up.returncode == 0, up.stderr
     assert "nothing to do" in up.stderr  # booted, not rebuilt
     assert _ssh_answers(lab, name)
