@@ -114,18 +114,22 @@ def backups(site: Site) -> None:
     """A daily pg_dump of RoundCube's database to the site's backup directory, old dumps
     removed after ``backups.keep_days``, and the restore script the RUNBOOK uses."""
     context = {"backups": site.backups, "db": DB_NAME, "user": DB_USER}
-    for script, template in (
-        (BACKUP_SCRIPT, "postgresql/roundcube-backup.sh.j2"),
-        (RESTORE_SCRIPT, "postgresql/roundcube-restore.sh.j2"),
-    ):
-        managed_file(
-            name=f"{script.rsplit('/', 1)[1]}",
-            dest=script,
-            template=template,
-            context=context,
-            mode="755",
-            validate="sh -n {path}",
-        )
+    managed_file(
+        name="mailcluster-roundcube-backup",
+        dest=BACKUP_SCRIPT,
+        template="postgresql/roundcube-backup.sh.j2",
+        context=context,
+        mode="755",
+        validate="sh -n {path}",
+    )
+    managed_file(
+        name="mailcluster-roundcube-restore",
+        dest=RESTORE_SCRIPT,
+        template="postgresql/roundcube-restore.sh.j2",
+        context=context,
+        mode="755",
+        validate="sh -n {path}",
+    )
     units = [
         managed_file(
             name=f"{BACKUP_UNIT}.{kind}",

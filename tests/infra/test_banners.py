@@ -58,6 +58,37 @@ FILES = [
         DB,
     ),
     Managed("postgresql/pg_hba.conf.j2", "/etc/postgresql/{postgresql}/main/pg_hba.conf", DB),
+    Managed(
+        "postgresql/roundcube-backup.sh.j2", "/usr/local/sbin/mailcluster-roundcube-backup", DB
+    ),
+    Managed(
+        "postgresql/roundcube-restore.sh.j2", "/usr/local/sbin/mailcluster-roundcube-restore", DB
+    ),
+    Managed(
+        "postgresql/mailcluster-roundcube-backup.service.j2",
+        "/etc/systemd/system/mailcluster-roundcube-backup.service",
+        DB,
+    ),
+    Managed(
+        "postgresql/mailcluster-roundcube-backup.timer.j2",
+        "/etc/systemd/system/mailcluster-roundcube-backup.timer",
+        DB,
+    ),
+    # fencing role (mail nodes)
+    Managed("fence/mailcluster-fence.sh.j2", "/usr/local/sbin/mailcluster-fence", MAIL),
+    Managed(
+        "fence/mailcluster-fence.service.j2", "/etc/systemd/system/mailcluster-fence.service", MAIL
+    ),
+    Managed(
+        "fence/fenced.conf.j2",
+        "/etc/systemd/system/dovecot.service.d/mailcluster-fence.conf",
+        MAIL,
+    ),
+    Managed(
+        "fence/fenced.conf.j2",
+        "/etc/systemd/system/exim4.service.d/mailcluster-fence.conf",
+        MAIL,
+    ),
     # exim and dovecot roles
     Managed("exim4/exim4.conf.j2", "/etc/exim4/exim4.conf", MAIL),
     Managed("exim4/default.j2", "/etc/default/exim4", MAIL),
