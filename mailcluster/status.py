@@ -23,7 +23,6 @@ What counts as what (the reasons are in site.py's ``Monitoring``):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shlex
 import socket
@@ -447,9 +446,3 @@ def as_json(hosts: list[HostStatus], findings: list[Finding], seconds: float) ->
         },
         indent=2,
     )
-
-
-def map_digest(lines: Iterable[str]) -> str:
-    """What the host script computes for a map ("user backend" lines): for unit tests."""
-    text = "".join(f"{line}\n" for line in sorted(lines))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
