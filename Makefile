@@ -8,7 +8,7 @@ TOPOLOGY ?= small
 PLATFORM ?= ubuntu20.04
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: lab deploy test test-platforms lint unit down purge host-deps venv info bench bench-fleet vagrant-test vagrant-up vagrant-destroy
+.PHONY: lab deploy test test-platforms test-upgrade lint unit down purge host-deps venv info bench bench-fleet vagrant-test vagrant-up vagrant-destroy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,21 +34,35 @@ info: venv
 	$(PY) -m mailcluster.lab info
 
 ## test: every test. Lint and unit first (no machine), then the lab on Ubuntu 20.04, the
-## deploy, infra and end-to-end tests, the destructive recovery test; then the other
-## platforms (test-platforms).
+## deploy, infra and end-to-end tests, the destructive recovery test; then every
+## supported platform in one mixed lab (test-platforms) and the OS upgrade (test-upgrade).
 test: lint unit lab
 	$(PY) -m pytest -q tests/lab tests/infra tests/e2e tests/deploy
 	$(PY) -m pytest -q tests/recovery
 	$(MAKE) --no-print-directory test-platforms
+	$(MAKE) --no-print-directory test-upgrade
 
-## test-platforms: the lab again with mail nodes on Debian 12 and the webmail host on
-## Ubuntu 20.04 (RoundCube 1.4: refused by the deploy, then installed with the lab's
-## override); deploy, infra and end-to-end tests there.
+## test-platforms: a lab that mixes every supported platform: mail nodes on Debian 12
+## (from `up`), Ubuntu 24.04 and Ubuntu 20.04 (added), the webmail host on Ubuntu 20.04
+## (RoundCube 1.4: refused by the deploy, then installed with the lab's override). Every
+## pair of Dovecot and Exim versions proxies and hands mail over in both directions
+## (the OS upgrade's mixed cluster); deploy, infra and end-to-end tests there.
 test-platforms: host-deps venv
 	$(PY) -m mailcluster.lab up --platform debian12 --webmail-platform ubuntu20.04
 	$(PY) -m pytest -q tests/platforms
+	$(PY) -m mailcluster.lab add mail03 --platform ubuntu24.04
+	$(PY) -m mailcluster.lab add mail04 --platform ubuntu20.04
 	$(MAKE) --no-print-directory deploy
 	$(PY) -m pytest -q tests/infra tests/e2e
+
+## test-upgrade: the OS upgrade under load: the small topology plus a spare mail node, all
+## on Ubuntu 20.04, deployed; then every mail node replaced by one on 24.04 while
+## clients log in through every node and mail arrives (bench/upgrade.py).
+test-upgrade: host-deps venv
+	$(PY) -m mailcluster.lab up --topology small --platform ubuntu20.04
+	$(PY) -m mailcluster.lab add mail03 --platform ubuntu20.04
+	$(MAKE) --no-print-directory deploy
+	$(PY) -m pytest -q tests/upgrade
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -11,6 +11,10 @@
                                                     # by the others (docs/RUNBOOK.md)
     mailctl [-i INVENTORY] rejoin NODE            # a failed node holds mail again after
                                                   # the next deploy
+    mailctl [-i INVENTORY] upgrade OLD=NEW ... [--to ubuntu24.04] [--batch N]
+                                                  # replace mail nodes by nodes on a new
+                                                  # OS release, batch by batch; again
+                                                  # with no node: resume
 
 The password is never taken from the command line (argv is visible to every local user
 in `ps`). The new {CRAM-MD5} hash goes into the site's password store (secrets_dir), then
@@ -30,10 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mailcluster import accounts
+from mailcluster import accounts, upgrade_plan
 from mailcluster import failover as failover_mod
 from mailcluster import site as site_mod
 from mailcluster import status as status_mod
+from mailcluster import upgrade as upgrade_mod
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = "inventory/production.py"
@@ -199,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_rejoin = sub.add_parser("rejoin", help="a failed-over node holds mail again (deploy next)")
     p_rejoin.add_argument("node")
+    p_upgrade = sub.add_parser(
+        "upgrade",
+        help="replace hosts by hosts on a new OS release: mail nodes a batch at a time, "
+        "then webmail and db hosts one at a time, RoundCube's database copied "
+        "(docs/RUNBOOK.md, Upgrade the OS)",
+    )
+    p_upgrade.add_argument("pairs", nargs="*", metavar="OLD=NEW", help="omit to resume")
+    p_upgrade.add_argument("--to", default="ubuntu24.04", help="the new nodes' OS")
+    p_upgrade.add_argument("--batch", type=int, default=1, help="nodes replaced at once")
     args = parser.parse_args(argv)
     if args.cmd == "status":
         return status(args.inventory, args.json)
@@ -226,13 +240,25 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "rejoin":
             failover_mod.rejoin(load_site(args.inventory), args.node)
             print(f"{args.node}: no longer failed; run the deploy (its users move back)")
+        elif args.cmd == "upgrade":
+            upgrade_mod.upgrade(
+                args.inventory, upgrade_mod.parse_pairs(args.pairs), args.to, args.batch
+            )
+            print("upgrade done: every old node replaced")
         elif args.cmd == "users":
             site = load_site(args.inventory)
             for user in sorted(accounts.read_passwords(site.secrets_dir)):
                 backend = site.backend_of(user)
                 pinned = " (override)" if user in site.backend_overrides else ""
                 print(f"{user}\t{backend}{pinned}")
-    except (MailctlError, failover_mod.FailoverError, site_mod.SiteError, ValueError) as exc:
+    except (
+        MailctlError,
+        failover_mod.FailoverError,
+        upgrade_mod.UpgradeError,
+        upgrade_plan.PlanError,
+        site_mod.SiteError,
+        ValueError,
+    ) as exc:
         print(f"mailctl: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,5 +1,5 @@
-"""Operations shared by the roles: a managed file validated before it goes live, and
-service reloads that a failed run cannot lose."""
+"""Operations shared by the roles: a managed file validated before it goes live, service
+reloads that a failed run cannot lose, and a barrier that orders roles across hosts."""
 
 from __future__ import annotations
 
@@ -118,6 +118,17 @@ def redacted_diff(old: list[str], new: list[str]) -> list[str]:
     return out
 
 
+@operation()
+def barrier(reason: str):
+    """Changes nothing; every host calls it, from one line of deploy.py, so it orders
+    operations across hosts. pyinfra keeps only each host's own order (a topological sort
+    of the hosts' sequences, ties broken by line number): without a barrier, an operation
+    on one host may run before an earlier-written one on another host that has more
+    operations before it (on the full topology RoundCube's schema step on webmail01 ran
+    before db01 had created the database). ``reason`` names what must be done first."""
+    yield from ()
+
+
 # Services whose configuration changed but that were not yet reloaded: a marker per
 # "service.action". A run that fails after a change and before the reload leaves it, and
 # the next run does the reload even though nothing changes any more.
@@ -129,6 +140,24 @@ def _pending_action(service: str, action: str, command: str):
     marker = f"{PENDING}/{service}.{action}"
     if host.get_fact(File, path=marker):
         yield StringCommand(f"{command} && rm -f {marker}")
+
+
+def run_service(name: str, service: str) -> None:
+    """``service`` enabled, and started if it is not running: the start retried once, as
+    restarts are (restart_with_retry). For a service the cluster stops on purpose (php-fpm
+    in a webmail maintenance window): the deploy that follows starts it again, and a
+    plain start failed there with 219/CGROUP (systemd 255, a 24.04 webmail host in the
+    20-host lab's OS upgrade)."""
+    from pyinfra.facts.systemd import SystemdStatus
+    from pyinfra.operations import server, systemd
+
+    systemd.service(name=f"{name} (enabled)", service=service, running=None, enabled=True)
+    unit = service if service.endswith(".service") else f"{service}.service"
+    if not host.get_fact(SystemdStatus).get(unit):
+        server.shell(
+            name=f"{name} (started)",
+            commands=[restart_with_retry(f"systemctl start {service}")],
+        )
 
 
 def restart_with_retry(command: str) -> str:

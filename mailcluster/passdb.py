@@ -12,13 +12,18 @@ is one of:
 + nothing: the node is the user's backend, they log in here;
 + ``proxy_maybe=y host=FQDN hostip=IP port=993 ssl=yes proxy_timeout=S master=M pass=P``:
   proxied to their backend (``proxy_timeout`` since d629e10; older files lack it);
-+ ``nologin=y reason=...``, after a comment ``# moving: USER from OLD to NEW``: refused
-  while their backend changes (the role drains their sessions on OLD in between).
++ after a comment ``# moving: USER from OLD to NEW``: the line for NEW (local or proxied)
+  plus ``delay_until=T``: while their backend changes, a login waits in Dovecot's auth
+  until T (MOVE_HOLD_S after the file was written) and then goes to NEW; meanwhile the
+  role ends their sessions on OLD. So no login fails, and none reaches NEW while OLD
+  still has the mailbox open. (Files written before 2026-12 refused them instead:
+  ``nologin=y reason=...``; parse() reads both.)
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,12 +35,21 @@ TEMPLATE = "dovecot/passdb.j2"
 # The account mail nodes use to open a proxied session on a user's backend (it is what
 # lets CRAM-MD5 logins be proxied: the proxy never learns the user's password).
 MASTER_USER = "mailcluster-proxy"
-# How long a proxying node tries to reach a user's backend before the login fails with
-# [UNAVAILABLE]: 10 s outlasts a backend's reload hold (1-3 s) and stays under what mail
-# clients wait (Dovecot's default, 30 s, does not; 2.3.7 retries a refused connect every
-# second until then, so a dead node's users waited the whole 30 s). One value for the
-# whole file: not part of an entry.
-PROXY_TIMEOUT_S = 10
+# How long a moving user's logins wait (Dovecot's delay_until, at most 5 minutes): longer
+# than the deploy takes from writing the "moving" lines to ending the sessions on the old
+# backend (pyinfra runs that step on every host first; the drain itself takes 1-2 s, and
+# the whole window measured 2-4 s on the lab), well under what a mail client waits for a
+# login (Thunderbird 100 s, the tests' clients 20 s).
+MOVE_HOLD_S = 10
+
+# How long a proxying node tries to reach a user's backend and log in there before the
+# login fails with [UNAVAILABLE]. It must outlast a move's wait: a login looked up just
+# before the "moving" lines were written is proxied to the old backend, which then holds
+# it for up to MOVE_HOLD_S (with 10 s, such logins failed in tests/deploy/test_nodes.py);
+# and a backend's reload hold (1-3 s). Dovecot's default, 30 s, is longer than clients
+# wait (2.3.7 retries a refused connect every second until then, so a dead node's users
+# waited the whole 30 s). One value for the whole file: not part of an entry.
+PROXY_TIMEOUT_S = MOVE_HOLD_S + 10
 
 _MOVING = re.compile(r"# moving: (\S+) from (\S+) to (\S+)$")
 
@@ -49,7 +63,10 @@ class Entry:
     # The node that holds the user's mailbox: for a user moving, the one they move to.
     # "" on a refused line that no "# moving:" comment explains (not the deploy's).
     backend: str
-    moving_from: str = ""  # while moving: the backend they move from (they are refused)
+    moving_from: str = ""  # while moving: the backend they move from (logins wait)
+    # while moving: logins wait until this UNIX time (0: from when the file is rendered;
+    # a parsed old-style refused line has 0 too)
+    hold_until: int = 0
     # Proxy fields, set when the line proxies the user to their backend (another node).
     backend_fqdn: str = ""
     backend_ip: str = ""
@@ -68,10 +85,14 @@ class Entry:
 
 
 def entries(
-    site: Site, node: str, master_password: str, moving: Mapping[str, str] | None = None
+    site: Site,
+    node: str,
+    master_password: str,
+    moving: Mapping[str, str] | None = None,
 ) -> list[Entry]:
     """``node``'s passdb: a line per user with an IMAP password; users whose backend is
-    another node are proxied there, users in ``moving`` (user -> old backend) refused.
+    another node are proxied there; users in ``moving`` (user -> old backend) too, but
+    their logins wait (MOVE_HOLD_S from when the file is rendered).
 
     Each node gets its own file: Dovecot's proxy_maybe alone would compare the backend's
     port with the port the client used, and proxy a 143 client to its own node's 993.
@@ -80,7 +101,7 @@ def entries(
     for user, hashed in sorted(accounts.read_passwords(site.secrets_dir).items()):
         backend = site.host(site.backend_of(user))
         moving_from = (moving or {}).get(user, "")
-        if backend.name == node or moving_from:
+        if backend.name == node:
             out.append(Entry(user, hashed, backend.name, moving_from))
         else:
             out.append(
@@ -88,6 +109,7 @@ def entries(
                     user,
                     hashed,
                     backend.name,
+                    moving_from,
                     backend_fqdn=site.fqdn(backend.name),
                     backend_ip=str(backend.address),
                     master_user=MASTER_USER,
@@ -97,9 +119,21 @@ def entries(
     return out
 
 
+def hold_until() -> int:
+    """When moving users' logins may go on, if the file is written now."""
+    return int(time.time()) + MOVE_HOLD_S
+
+
 def context(node: str, lines: list[Entry]) -> dict[str, Any]:
-    """What templates/dovecot/passdb.j2 is rendered with."""
-    return {"node": node, "entries": lines, "proxy_timeout": PROXY_TIMEOUT_S}
+    """What templates/dovecot/passdb.j2 is rendered with. The wait of moving users is
+    counted from when the file is rendered (pyinfra renders it as the operation runs),
+    unless an entry has its own (``hold_until``)."""
+    return {
+        "node": node,
+        "entries": lines,
+        "proxy_timeout": PROXY_TIMEOUT_S,
+        "hold_until": hold_until,
+    }
 
 
 def render(node: str, lines: list[Entry]) -> str:
@@ -123,12 +157,16 @@ def parse(lines: Iterable[str], node: str) -> list[Entry]:
         user, hashed = fields[0], fields[1] if len(fields) > 1 else ""
         extra = fields[7] if len(fields) == 8 else ""
         args = dict(kv.split("=", 1) for kv in extra.split() if "=" in kv)
+        old, new = moves.get(user, ("", ""))
+        hold = int(args.get("delay_until", "0").split("+", 1)[0] or 0) if old else 0
         if "host" in args:
             out.append(
                 Entry(
                     user,
                     hashed,
                     args["host"].split(".", 1)[0],
+                    old,
+                    hold,
                     backend_fqdn=args["host"],
                     backend_ip=args.get("hostip", ""),
                     master_user=args.get("master", ""),
@@ -136,10 +174,9 @@ def parse(lines: Iterable[str], node: str) -> list[Entry]:
                 )
             )
         elif "nologin" in args:
-            old, new = moves.get(user, ("", ""))
             out.append(Entry(user, hashed, new, moving_from=old))
         else:
-            out.append(Entry(user, hashed, node))
+            out.append(Entry(user, hashed, node, old, hold))
     return out
 
 
@@ -150,6 +187,6 @@ def last_backends(lines: Iterable[Entry]) -> dict[str, str]:
 
 
 def not_proxied(lines: Iterable[Entry]) -> list[str]:
-    """The users a node does not hand on to another backend: the ones it serves itself,
-    and any it refuses (a move that a stopped run left unfinished)."""
-    return [e.user for e in lines if not e.proxied]
+    """The users a node does not hand on to another backend for good: the ones it serves
+    itself, and any a stopped run left mid-move."""
+    return [e.user for e in lines if not e.proxied or e.moving_from]

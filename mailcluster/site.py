@@ -308,6 +308,16 @@ class Site(_Strict):
     def in_group(self, group: str) -> list[Host]:
         return [h for h in self.hosts if group in h.groups]
 
+    def webmail_mail_node(self, name: str) -> Host:
+        """The mail node webmail host ``name`` sends its IMAP and SMTP to (spread by
+        position; any node serves any user: the mail nodes proxy IMAP to the user's
+        backend). The webmail host reaches it under the IMAP and SMTP service names
+        (templates/base/hosts.j2): RoundCube keys its users by the IMAP host's name, so
+        that name must not change when mail nodes are replaced."""
+        webmail = [h.name for h in self.in_group("webmail")]
+        mail = self.in_group("mail")
+        return mail[webmail.index(name) % len(mail)]
+
     def host(self, name: str) -> Host:
         for h in self.hosts:
             if h.name == name:
@@ -326,22 +336,39 @@ class Site(_Strict):
         names = {h.name for h in self.in_group("mail")}
         return [n for n in text.split() if n in names]
 
+    def upgrade_plan(self) -> Any:
+        """The OS upgrade under way (mailcluster/upgrade_plan.py), or None."""
+        from mailcluster import upgrade_plan
+
+        return upgrade_plan.load(self.secrets_dir)
+
     def backend_nodes(self) -> list[str]:
-        """Mail nodes that hold mailboxes: all but the draining and the failed ones."""
+        """Mail nodes that hold mailboxes: all but the draining and the failed ones, and,
+        during an OS upgrade, the new nodes not yet joined and the old ones replaced."""
         failed = set(self.failed_nodes())
+        mail = [h.name for h in self.hosts if "mail" in h.groups]
+        plan = self.upgrade_plan()
+        outside = plan.out_of_map(mail) if plan else set()
         return [
             h.name
             for h in self.hosts
-            if "mail" in h.groups and not h.draining and h.name not in failed
+            if "mail" in h.groups
+            and not h.draining
+            and h.name not in failed
+            and h.name not in outside
         ]
 
     def backend_of(self, user: str) -> str:
         """The mail node holding ``user``'s mailbox (the one place the map is computed).
-        An override naming a failed node gives way to the user's next choice."""
+        An override naming a failed node gives way to the user's next choice; so does
+        an OS upgrade's pin (which comes before the site's overrides)."""
         from mailcluster.accounts import backend_for
 
         nodes = self.backend_nodes()
+        plan = self.upgrade_plan()
+        pins = plan.pins if plan else {}
         overrides = {u: n for u, n in self.backend_overrides.items() if n in nodes}
+        overrides.update({u: n for u, n in pins.items() if n in nodes})
         return backend_for(user, nodes, overrides)
 
     def fqdn(self, name: str) -> str:

@@ -51,6 +51,11 @@ TLS_DIR = "/etc/mailcluster/tls"
 CERT = f"{TLS_DIR}/fullchain.pem"
 KEY = f"{TLS_DIR}/privkey.pem"
 CA = f"{TLS_DIR}/ca.pem"
+# Exim's key and chain in one file (mail nodes): Exim 4.93 reads its certificate and key
+# afresh for each STARTTLS, so with two files a rotation (new key, new certificate, two
+# writes) had a moment with a mismatched pair: clients got "454 TLS currently
+# unavailable". One file replaced by rename has no such moment.
+EXIM_PEM = f"{TLS_DIR}/exim.pem"
 # update-ca-certificates adds *.crt from here to the system store below.
 SYSTEM_CA = "/usr/local/share/ca-certificates/mailcluster-site-ca.crt"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

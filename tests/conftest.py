@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -54,6 +55,17 @@ def lab_state_hosts() -> list[dict[str, Any]]:
     """The target's hosts at collection time (empty when it is not up)."""
     state = _STATE[TARGET]
     return json.loads(state.read_text())["hosts"] if state.exists() else []
+
+
+def console_tail(name: str, lines: int = 40) -> str:
+    """The end of a lab machine's console (its nspawn log), without colour codes."""
+    from mailcluster.lab import config
+
+    log = config.MACHINES / f"{config.MACHINE_PREFIX}{name}" / "nspawn.log"
+    if not log.exists():
+        return f"(no console log at {log})"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+    return "\n".join(text.splitlines()[-lines:])
 
 
 # SERVICE.md's matrix, for IMAP and SMTP alike: the (connection, mechanism) cells that

@@ -55,6 +55,13 @@ class LabPlatform:
     components: tuple[str, ...]
     host_keyring: Path  # where the host's keyring package puts the archive keys
     keys: tuple[str, ...]  # the fingerprints debootstrap may trust, nothing else
+    # debootstrap's script for the family: every Ubuntu suite is `gutsy`'s, every Debian
+    # one `sid`'s; named outright because the host's debootstrap may predate the suite
+    # (Debian 12's has no `noble`).
+    script: str
+
+    def debootstrap_script(self) -> str:
+        return f"/usr/share/debootstrap/scripts/{self.script}"
 
     @property
     def major(self) -> int:
@@ -84,6 +91,7 @@ def _ubuntu(version: str, suite: str) -> LabPlatform:
         ("main", "universe"),
         UBUNTU_KEYRING,
         UBUNTU_KEYS,
+        "gutsy",
     )
 
 
@@ -103,6 +111,7 @@ PLATFORMS = {
             ("main",),
             DEBIAN_KEYRING,
             DEBIAN_KEYS,
+            "sid",
         ),
     )
 }

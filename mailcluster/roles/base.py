@@ -8,7 +8,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from mailcluster import platform, reloads
 from mailcluster.ops import managed_file, service_action
-from mailcluster.site import Site
+from mailcluster.site import Host, Site
 
 # What every host needs before any service role: time sync, zone data, security updates;
 # nftables for the reload script (it holds new connections back while a daemon reloads).
@@ -22,6 +22,18 @@ BASE_PACKAGES = [
 ]
 # A day: packages change rarely; a run within that reuses the index (and reports no change).
 APT_CACHE_SECONDS = 86400
+
+
+def service_aliases(site: Site, me: Host) -> tuple[str, list[str]] | None:
+    """On a webmail host: its mail node's address and the IMAP and SMTP service names
+    that RoundCube uses to reach it (Site.webmail_mail_node). None elsewhere."""
+    if "webmail" not in me.groups or not site.in_group("mail"):
+        return None
+    node = site.webmail_mail_node(me.name)
+    own = {f"{h.name}.{site.domain}" for h in site.hosts}
+    names = [str(site.service_names["imap"]), str(site.service_names["smtp"])]
+    names = [n for n in dict.fromkeys(names) if n not in own]
+    return (str(node.address), names) if names else None
 
 
 @deploy("Base system")
@@ -66,7 +78,12 @@ def base() -> None:
         name="Write /etc/hosts for the cluster",
         dest="/etc/hosts",
         template="base/hosts.j2",
-        context={"me": me, "hosts": site.hosts, "domain": site.domain},
+        context={
+            "me": me,
+            "hosts": site.hosts,
+            "domain": site.domain,
+            "services": service_aliases(site, me),
+        },
     )
 
     managed_file(

@@ -22,8 +22,13 @@ PASSWORD_FILE = "/var/lib/postgresql/mailcluster-roundcube-password"
 
 
 def db_host(site: Site) -> str:
-    """The host holding the database: the `db` group's first, else the first webmail."""
+    """The host holding the database: the `db` group's first, else the first webmail;
+    during an OS upgrade that has copied the database to a new host, that host
+    (mailcluster/upgrade.py: the old one stays listed until it is removed)."""
     dbs = site.in_group("db") or site.in_group("webmail")
+    plan = site.upgrade_plan()
+    if plan is not None and plan.db_to and any(h.name == plan.db_to for h in dbs):
+        return str(plan.db_to)
     return dbs[0].name
 
 
@@ -36,6 +41,11 @@ def db() -> None:
 
     apt.packages(name="Install PostgreSQL", packages=["postgresql"], no_recommends=True)
     confdir = f"/etc/postgresql/{plat.postgresql}/main"
+    # The cluster's own unit, not the postgresql.service wrapper: the wrapper runs no
+    # process (ExecStart=/bin/true), and on Ubuntu 24.04 in the lab its reload failed
+    # ("Failed to attach to cgroup ... No such file or directory") right after the first
+    # start. The wrapper propagates reloads and restarts to this unit anyway.
+    cluster = f"postgresql@{plat.postgresql}-main"
     conf = managed_file(
         name="PostgreSQL listens for the webmail nodes",
         dest=f"{confdir}/conf.d/mailcluster.conf",
@@ -44,7 +54,7 @@ def db() -> None:
         mode="644",
         user="postgres",
         group="postgres",
-        notify=["postgresql.restart"],
+        notify=[f"{cluster}.restart"],
     )
     hba = managed_file(
         name="Who may connect (pg_hba.conf)",
@@ -54,11 +64,11 @@ def db() -> None:
         mode="640",
         user="postgres",
         group="postgres",
-        notify=["postgresql.reload"],
+        notify=[f"{cluster}.reload"],
     )
     # listen_addresses needs a restart; pg_hba.conf only a reload.
-    service_action("Restart PostgreSQL (listeners)", "postgresql", "restart", [conf])
-    service_action("Reload PostgreSQL (pg_hba)", "postgresql", "reload", [hba])
+    service_action("Restart PostgreSQL (listeners)", cluster, "restart", [conf])
+    service_action("Reload PostgreSQL (pg_hba)", cluster, "reload", [hba])
     systemd.service(name="Run PostgreSQL", service="postgresql", running=True, enabled=True)
     roles = (
         host.get_fact(PostgresRoles, psql_user="postgres", _sudo=True, _sudo_user="postgres") or {}

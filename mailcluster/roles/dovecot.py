@@ -15,6 +15,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 
+from mailcluster.ops import managed_file
 from mailcluster.passdb import MASTER_USER, PROXY_TIMEOUT_S
 from mailcluster.roles import dovecot_reload
 from mailcluster.roles.dovecot_conf import (
@@ -62,12 +63,24 @@ PACKAGES = ["dovecot-core", "dovecot-imapd"]
 def dovecot() -> None:
     site: Site = host.data.site
 
+    # Before the package: its install starts and restarts Dovecot (the stop limit's why
+    # is in the template).
+    stop_limit = managed_file(
+        name="Dovecot's stop time limit (before the package starts it)",
+        dest="/etc/systemd/system/dovecot.service.d/mailcluster-stop.conf",
+        template="dovecot/service-stop.conf.j2",
+    )
+    systemd.daemon_reload(name="systemd reads Dovecot's stop limit", _if=stop_limit.did_change)
     apt.packages(name="Install Dovecot", packages=PACKAGES, no_recommends=True)
     tls_ops = install_tls()
 
-    push_passdb()
+    # The passdb first (a new node's Dovecot must not serve without it), but users who
+    # change backend move last: their logins wait during the move, and a reload would
+    # end the waiting ones.
+    push_passdb(moves=False)
     masterdb = install_masterdb(site, host.name)
     conf = install_conf(site, host.name)
     dovecot_reload.restart([conf.unit])
     systemd.service(name="Run Dovecot", service="dovecot", running=True, enabled=True)
     dovecot_reload.reload([conf.conf, conf.openssl_conf, masterdb, *tls_ops])
+    push_passdb()

@@ -42,7 +42,7 @@ def moving_users(site: Site, live: dict[str, str]) -> dict[str, str]:
 
 def drain_sessions(users: list[str], timeout_s: int = 30) -> str:
     """Shell: end ``users``' IMAP sessions on this node (their old backend) and wait until
-    Dovecot reports none; fail the run, leaving them refused, if they do not go."""
+    Dovecot reports none; fail this host's run if they do not go."""
     names = " ".join(users)
     pattern = "|".join(users)
     return (
@@ -52,31 +52,39 @@ def drain_sessions(users: list[str], timeout_s: int = 30) -> str:
         " | sort -u | tr '\\n' ' '); "
         '[ -z "$left" ] && exit 0; sleep 1; done; '
         f'echo "sessions of $left on this node did not end in {timeout_s}s; '
-        'they stay refused here until a deploy succeeds" >&2; exit 1'
+        'run the deploy again" >&2; exit 1'
     )
 
 
 @deploy("Dovecot passdb")
-def push_passdb() -> None:
+def push_passdb(moves: bool = True) -> None:
     """The node's passdb, replaced by rename (a login never sees a half-written file).
-    Nothing to reload: Dovecot re-reads a passwd-file when its mtime changes."""
+    Nothing to reload: Dovecot re-reads a passwd-file when its mtime changes.
+
+    ``moves=False``: if users change backend, do nothing now; the Dovecot role calls this
+    again after its reload, because a reload ends the logins that a move holds (they
+    wait in the old login processes, which a reload stops: "Shutting down")."""
     site: Site = host.data.site
     files.directory(
         name="Dovecot's mailcluster folder", path=CONF_DIR, mode="750", user="root", group="dovecot"
     )
     # A user whose backend changes must never be open on two backends at once (Dovecot's
-    # indexes on the shared home would be written by both): every node first refuses
-    # them, their old backend ends their sessions, and only then do they log in anew.
-    # pyinfra runs each step on all hosts before the next, so no node is a step ahead.
+    # indexes on the shared home would be written by both): every node first holds their
+    # logins (Dovecot's delay_until, passdb.MOVE_HOLD_S) and sends them to the new
+    # backend only after the wait; meanwhile their old backend ends their sessions. No
+    # login fails: it waits a few seconds. pyinfra runs each step on all hosts before the
+    # next, so no node is a step ahead.
     moving = moving_users(site, live_backends(host.name, host.get_fact(FileContents, PASSDB) or []))
     if moving and os.environ.get("MAILCLUSTER_ROLLOUT"):
         raise DeployError(
             f"{host.name}: {len(moving)} users change backend (a mail node added or draining); "
             "that must reach every mail node at once: run the plain deploy, not a rollout"
         )
+    if moving and not moves:
+        return
     if moving:
         managed_file(
-            name="Users changing backend: refused while their sessions drain (passdb)",
+            name="Users changing backend: logins wait while their sessions end (passdb)",
             dest=PASSDB,
             template=passdb.TEMPLATE,
             context=passdb_context(site, host.name, moving),

@@ -265,6 +265,19 @@ def _install() -> list[OperationMeta]:
         group=key_group,
         secret=True,  # --diff says which lines change, never the key
     )
+    ops = [certs, key]
+    if "mail" in host.groups:
+        ops.append(
+            managed_file(
+                name="Key and chain in one file, for Exim (0640)",
+                content=_read(str(site.tls.key)).decode() + _read(str(site.tls.cert)).decode(),
+                dest=tlsprofile.EXIM_PEM,
+                mode="640",
+                user="root",
+                group="Debian-exim",
+                secret=True,
+            )
+        )
     ca = files.put(name="Site CA", src=str(site.tls.ca_cert), dest=tlsprofile.CA, mode="644")
     # In the system trust store too: Dovecot's proxy, Exim and RoundCube verify the
     # other nodes against it (Dovecot's login processes read only the system store).
@@ -276,4 +289,4 @@ def _install() -> list[OperationMeta]:
         commands=["update-ca-certificates"],
         _if=trusted.did_change,
     )
-    return [certs, key, ca, trusted]
+    return [*ops, ca, trusted]

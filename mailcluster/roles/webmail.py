@@ -4,6 +4,8 @@ shared PostgreSQL database so any webmail node serves any logged-in user."""
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.exceptions import DeployError
@@ -11,7 +13,7 @@ from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, server, systemd
 
 from mailcluster import platform, sizing, tlsprofile, webmail_security
-from mailcluster.ops import managed_file, service_action
+from mailcluster.ops import managed_file, run_service, service_action
 from mailcluster.roles.db import DB_NAME, DB_USER, db_host
 from mailcluster.roles.tls import install_tls
 from mailcluster.secrets import generated_secret
@@ -23,6 +25,8 @@ SITE_FILE = "/etc/nginx/sites-available/mailcluster-webmail"
 SQL_DIR = "/usr/share/roundcube/SQL"
 # Ours, next to the package's plugin links (RoundCube 1.4 to 1.6 load plugins from here).
 PLUGIN_DIR = "/var/lib/roundcube/plugins/mailcluster"
+# nginx's answer while php-fpm is stopped for a maintenance window (templates/nginx).
+MAINTENANCE_ROOT = "/usr/share/mailcluster/webmail"
 # nginx and PHP accept requests up to 4 attachments' worth, so that an oversized file is
 # refused by RoundCube (naming the attachment limit), never by nginx (a bare 413).
 BODY_FACTOR = 4
@@ -111,17 +115,67 @@ def roundcube_schema(dsn_host: str):
         yield StringCommand(f"{SQL_DIR}/../bin/updatedb.sh --package=roundcube --dir={SQL_DIR}")
 
 
+def schema_node(site: Site) -> str:
+    """The webmail node that creates or upgrades RoundCube's schema: the first; during an
+    OS upgrade, the newest webmail node in the site (its RoundCube is the newer one: a
+    1.6 node must not serve from a 1.4 schema until the old node is gone)."""
+    names = [h.name for h in site.in_group("webmail")]
+    plan = site.upgrade_plan()
+    if plan is not None:
+        new = [n for _, n in plan.host_pairs() if n in names]
+        if new:
+            return new[-1]
+    return names[0]
+
+
+def rekey_where(mail_host: str) -> str:
+    """The users RoundCube would no longer find: keyed by another IMAP host name (a mail
+    node's, from before the service name was used), the newest row of each user, when
+    none is keyed by the service name yet. Older rows of the same user stay as they are
+    (their data kept, unused)."""
+    m = mail_host.replace("'", "''")
+    return (
+        f"u.mail_host <> '{m}' AND NOT EXISTS (SELECT 1 FROM users x WHERE "
+        f"x.username = u.username AND x.mail_host = '{m}') AND u.user_id = (SELECT "
+        "y.user_id FROM users y WHERE y.username = u.username ORDER BY y.last_login DESC "
+        "NULLS LAST, y.user_id DESC LIMIT 1)"
+    )
+
+
+class RoundcubeUsersToRekey(FactBase[int]):
+    """How many of RoundCube's users :func:`rekey_where` selects (0 without a schema)."""
+
+    def command(self, dsn_host: str, mail_host: str) -> str:
+        query = f"SELECT count(*) FROM users u WHERE {rekey_where(mail_host)}"
+        return (
+            f"psql -h {dsn_host} -U {DB_USER} -d {DB_NAME} -tAc {shlex.quote(query)} "
+            "2>/dev/null || echo 0"
+        )
+
+    def process(self, output: list[str]) -> int:
+        return int(output[0]) if output and output[0].strip().isdigit() else 0
+
+
+@operation()
+def roundcube_mail_host(dsn_host: str, mail_host: str):
+    """RoundCube finds a user by username and IMAP host name. It used to reach a mail node
+    by the node's own name, so a user whose webmail moved to another node (a node
+    replaced, an OS upgrade) came back to an empty address book. Their rows are keyed by
+    the service name once, keeping their data."""
+    if host.get_fact(RoundcubeUsersToRekey, dsn_host=dsn_host, mail_host=mail_host):
+        update = f"UPDATE users u SET mail_host = '{mail_host}' WHERE {rekey_where(mail_host)}"
+        yield StringCommand(
+            f"psql -h {dsn_host} -U {DB_USER} -d {DB_NAME} -v ON_ERROR_STOP=1 -qc "
+            f"{shlex.quote(update)}"
+        )
+
+
 @deploy("RoundCube webmail")
 def webmail() -> None:
     site: Site = host.data.site
     me = site.host(host.name)
     plat = platform.current()
     php = plat.php
-    webmail_nodes = [h.name for h in site.in_group("webmail")]
-    mail_nodes = site.in_group("mail")
-    # Each webmail node talks to one mail node (spread by position); any node serves any
-    # user, since the mail nodes proxy IMAP to the user's backend.
-    mail_node = mail_nodes[webmail_nodes.index(me.name) % len(mail_nodes)]
     dbh = db_host(site)
     dsn_host = "127.0.0.1" if dbh == me.name else site.fqdn(dbh)
     db_password = generated_secret(site.secrets_dir, "roundcube-db-password")
@@ -158,9 +212,14 @@ def webmail() -> None:
         banner=False,  # one line per entry; libpq's format has no place for it
         secret=True,
     )
-    if me.name == webmail_nodes[0]:  # one node creates or upgrades the shared schema
+    if me.name == schema_node(site):  # one node creates or upgrades the shared schema
         roundcube_schema(
             name="RoundCube's schema (created once, upgraded in place)", dsn_host=dsn_host
+        )
+        roundcube_mail_host(
+            name="RoundCube's users keyed by the IMAP service name",
+            dsn_host=dsn_host,
+            mail_host=str(site.service_names["imap"]),
         )
     del pgpass
 
@@ -172,8 +231,10 @@ def webmail() -> None:
         context={
             "dsn": f"pgsql://{DB_USER}:{db_password}@{dsn_host}/{DB_NAME}",
             "des_key": des_key,
-            "imap": f"ssl://{site.fqdn(mail_node.name)}:993",
-            "smtp": f"tls://{site.fqdn(mail_node.name)}:587",
+            # The service names, which /etc/hosts points at this host's mail node
+            # (roles/base.py service_aliases): RoundCube's users are keyed by this name.
+            "imap": f"ssl://{site.service_names['imap']}:993",
+            "smtp": f"tls://{site.service_names['smtp']}:587",
             "legacy": plat.roundcube_legacy_options,
             "domain": site.domain,
             "ca_bundle": tlsprofile.SYSTEM_BUNDLE,
@@ -212,6 +273,13 @@ def webmail() -> None:
         ),
         notify=[f"php{php}-fpm.reload"],
     )
+    files.directory(name="The webmail's maintenance page folder", path=MAINTENANCE_ROOT, mode="755")
+    managed_file(
+        name="The webmail's maintenance page (php-fpm stopped)",
+        dest=f"{MAINTENANCE_ROOT}/mailcluster-maintenance.html",
+        template="nginx/mailcluster-maintenance.html.j2",
+        banner=False,
+    )
     files.link(name="No nginx default site", path="/etc/nginx/sites-enabled/default", present=False)
     site_conf = managed_file(
         name="nginx site: RoundCube over HTTPS",
@@ -225,6 +293,7 @@ def webmail() -> None:
             # nginx lets more through than PHP accepts, so that RoundCube, not nginx,
             # answers an oversized upload (with its own readable message, not a bare 413).
             "body_max": attachment * BODY_FACTOR,
+            "maintenance_root": MAINTENANCE_ROOT,
         },
         # The candidate alone in a minimal main config, next to nginx.conf (relative
         # includes such as snippets/ resolve from there).
@@ -242,7 +311,7 @@ def webmail() -> None:
         target=SITE_FILE,
     )
 
-    systemd.service(name="Run php-fpm", service=f"php{php}-fpm", running=True, enabled=True)
+    run_service("Run php-fpm", f"php{php}-fpm")
     service_action("Reload php-fpm", f"php{php}-fpm", "reload", [pool, config, plugin])
     systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
     service_action("Reload nginx", "nginx", "reload", [site_conf, enabled, *tls_ops])

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import imaplib
 import json
+import time
 from typing import Any
 
 import pytest
 
+from mailcluster import passdb
 from mailcluster.accounts import backend_for
+from mailcluster.roles.dovecot_conf import PASSDB
 from tests.conftest import REPO, lab_cli, password_of, pyinfra
 from tests.deploy.test_deploy import changed_operations
 from tests.e2e.imap_client import login
+from tests.e2e.login_prober import Prober, Probing
 from tests.e2e.test_delivery import send, wait_for
 
 NEW = "mail03"
@@ -77,6 +81,64 @@ def sessions_on(lab_ssh, node: str) -> set[str]:  # noqa: ANN001
     return set(out.split())
 
 
+def session_times(lab_ssh, node: str, since: str, pattern: str) -> list[float]:  # noqa: ANN001
+    """When ``node``'s Dovecot logged a line matching ``pattern`` (grep -E) since then."""
+    out = lab_ssh(
+        node,
+        f"journalctl -u dovecot -o short-unix --since @{since} --no-pager | grep -E '{pattern}'",
+        check=False,
+    ).stdout
+    return [float(line.split()[0]) for line in out.splitlines() if line.strip()]
+
+
+def move_under_probes(
+    lab: dict[str, Any],
+    lab_ssh,  # noqa: ANN001
+    mover: str,
+    stayer: str,
+    via: list[str],
+    old: str,
+    new: str,
+) -> str:
+    """Deploy while ``mover`` (moving from ``old`` to ``new``) and ``stayer`` log in again
+    and again through every node in ``via`` (IMAPS and SMTP AUTH, 100 ms apart): no
+    attempt may fail (the mover's logins wait while their sessions on ``old`` end), and
+    ``new`` accepts no login of the mover before the last of its sessions on ``old`` has
+    ended (the logs' own clocks; the lab's nodes keep time with chrony)."""
+    probers = [Prober(lab, address(lab, n), u) for n in via for u in (mover, stayer)]
+    since = lab_ssh(old, "date +%s").stdout.strip()
+    # A copy of the old node's passdb as the move wrote it (polled every 50 ms).
+    lab_ssh(
+        old,
+        "rm -f /root/moving.snap; nohup sh -c 'for i in $(seq 6000); do "
+        f'if grep -q "^# moving: {mover} " {PASSDB}; then cp {PASSDB} /root/moving.snap; '
+        "exit; fi; sleep 0.05; done' >/dev/null 2>&1 &",
+    )
+    with Probing(probers) as probing:
+        out = deploy()
+        # The clients go on until the move's hold is surely over, so that the new node
+        # has served the mover (CI once: the deploy ended within the hold, the clients
+        # stopped with it, and the new node had no login to compare with).
+        time.sleep(passdb.MOVE_HOLD_S + 2)
+    assert not probing.failures(), "\n".join(probing.failures()[:20])
+    assert all(p.attempts > 5 for p in probers), [p.describe() for p in probers]
+    snap = lab_ssh(old, "cat /root/moving.snap", check=False).stdout
+    (moving,) = [e for e in passdb.parse(snap.splitlines(), old) if e.user == mover]
+    # (Only its fields, never the line: it holds the proxy's master password.)
+    hold, moved = moving.hold_until, (moving.moving_from, moving.backend)
+    assert moved == (old, new), moved
+    # Old: the ends of the mover's mailbox sessions ("imap(USER)<pid>", not proxy lines);
+    # new: every login it accepted for the mover.
+    last_old = session_times(lab_ssh, old, since, f"imap\\({mover}\\)<")
+    first_new = session_times(lab_ssh, new, since, f"imap-login: Login: user=<{mover}>")
+    assert last_old and first_new, (last_old, first_new)
+    assert max(last_old) <= min(first_new) + 0.5, (max(last_old), min(first_new))
+    # Logins looked up during the move waited until after the old node's sessions ended
+    # (the move's wait outlasted the drain: without it the check above is luck).
+    assert hold >= max(last_old), (hold, max(last_old))
+    return out
+
+
 def alive(client: imaplib.IMAP4) -> bool:
     try:
         return client.noop()[0] == "OK"
@@ -117,7 +179,8 @@ def test_a_mail_node_is_added_and_removed_without_losing_or_splitting_a_mailbox(
     # -- add ---------------------------------------------------------------------------
     added = lab_cli("add", NEW, "--groups", "mail")
     assert added.returncode == 0, added.stderr
-    out = deploy()
+    stayer = next(u for u in users if u not in moving)
+    out = move_under_probes(lab, lab_ssh, mover, stayer, before, old, NEW)
     assert "End their sessions on their old backend" in out
     grown = info()
 
@@ -152,7 +215,9 @@ def test_a_mail_node_is_added_and_removed_without_losing_or_splitting_a_mailbox(
     assert refused.returncode != 0 and "draining" in refused.stderr  # not before a drain
     held = [imap(grown, NEW, mover)]
     assert lab_cli("drain", NEW).returncode == 0
-    deploy()
+    # This move has no certificate change (no reload): the session held on NEW lasts
+    # until the move ends it, and the check below sees whether logins waited for that.
+    move_under_probes(grown, lab_ssh, mover, stayer, after, NEW, old)
     assert not alive(held[0])  # its sessions on the draining node ended
     mailctl("drain", NEW)
     removed = lab_cli("remove", NEW)

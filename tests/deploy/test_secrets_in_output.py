@@ -25,7 +25,7 @@ from tests.conftest import INVENTORY, pyinfra
 
 # What each kind of host keeps secrets in (mailcluster/roles: secret=True).
 SECRET_FILES = {
-    "mail": [PASSDB, MASTERDB, tlsprofile.KEY],
+    "mail": [PASSDB, MASTERDB, tlsprofile.KEY, tlsprofile.EXIM_PEM],
     "webmail": ["/etc/roundcube/config.inc.php", "/root/.pgpass", tlsprofile.KEY],
     "db": [PASSWORD_FILE],
 }

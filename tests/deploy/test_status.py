@@ -120,21 +120,22 @@ def test_a_certificate_about_to_expire_is_seen_on_its_live_ports(
     node = mail_nodes(lab)[-1]
     site = site_mod.load(lab["site_file"])
     material = leaf_without(site, None, [h["address"] for h in lab["hosts"]], tmp_path / "t", days)
-    cert, key = tlsprofile.CERT, tlsprofile.KEY
-    lab_ssh(node, f"cp -p {cert} /root/status-cert.bak && cp -p {key} /root/status-key.bak")
+    live = (tlsprofile.CERT, tlsprofile.KEY, tlsprofile.EXIM_PEM)
+    lab_ssh(node, " && ".join(f"cp -p {f} {f}.status-bak" for f in live))
+    key = (material / "privkey.pem").read_text()
+    chain = (material / "fullchain.pem").read_text()
     try:
         # What a renewal gone wrong would leave: the short-lived pair live on every port
-        # (Dovecot reads it on reload, Exim on each connection).
-        lab_ssh(node, f"cat > {tlsprofile.KEY}", input=(material / "privkey.pem").read_text())
-        lab_ssh(node, f"cat > {tlsprofile.CERT}", input=(material / "fullchain.pem").read_text())
+        # (Dovecot reads it on reload, Exim its one file on each connection).
+        lab_ssh(node, f"cat > {tlsprofile.KEY}", input=key)
+        lab_ssh(node, f"cat > {tlsprofile.CERT}", input=chain)
+        lab_ssh(node, f"cat > {tlsprofile.EXIM_PEM}", input=key + chain)
         lab_ssh(node, "doveadm reload && sleep 1")
         got, out, data = mailctl_status("--json")
     finally:
         lab_ssh(
             node,
-            f"cp -p /root/status-cert.bak {tlsprofile.CERT} && "
-            f"cp -p /root/status-key.bak {tlsprofile.KEY} && doveadm reload && "
-            "rm -f /root/status-cert.bak /root/status-key.bak",
+            " && ".join(f"mv {f}.status-bak {f}" for f in live) + " && doveadm reload",
         )
     assert data is not None, out
     mine = [f for f in findings(data) if f[1] == node]

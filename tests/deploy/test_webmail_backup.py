@@ -6,6 +6,9 @@ restore, and the user's open webmail session goes on afterwards."""
 from __future__ import annotations
 
 import shlex
+import ssl
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -80,6 +83,25 @@ def php_back_on(lab: dict[str, Any], lab_ssh: Any) -> Iterator[None]:
     for h in lab["hosts"]:
         if "webmail" in h["groups"]:
             php_fpm(lab_ssh, h["name"], "start")
+
+
+def test_while_php_fpm_is_stopped_the_webmail_says_it_is_maintained(
+    lab: dict[str, Any], lab_ssh: Any, php_back_on: None
+) -> None:
+    """What a webmail user sees in a maintenance window (the database restored or moved):
+    a page that says so, 503 with Retry-After, not nginx's bare 502."""
+    web = next(h for h in lab["hosts"] if "webmail" in h["groups"])
+    ctx = ssl.create_default_context(cafile=lab["ca_cert"])
+    php_fpm(lab_ssh, web["name"], "stop")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"https://{web['address']}/", context=ctx, timeout=30)
+    assert refused.value.code == 503
+    assert refused.value.headers["Retry-After"] == "60"
+    assert "max-age" in refused.value.headers["Strict-Transport-Security"]
+    assert "Webmail is being maintained" in refused.value.read().decode()
+    php_fpm(lab_ssh, web["name"], "start")
+    with urllib.request.urlopen(f"https://{web['address']}/", context=ctx, timeout=30) as page:
+        assert "rcmloginuser" in page.read().decode()
 
 
 def test_the_backup_timer_runs_daily(lab: dict[str, Any], lab_ssh: Any) -> None:

@@ -49,11 +49,14 @@ class Prober:
         while not stop.is_set():
             for name in self.protocols:
                 self.attempts += 1
-                started = time.strftime("%T")
+                started, t0 = time.strftime("%T"), time.monotonic()
                 try:
                     logins[name]()
                 except (imaplib.IMAP4.error, smtplib.SMTPException, OSError) as exc:
-                    self.failures.append(f"{started} {name} {self.user}: {exc!r}")
+                    self.failures.append(
+                        f"{started} {name} {self.user} via {self.address} "
+                        f"({time.monotonic() - t0:.1f} s): {exc!r}"
+                    )
                 time.sleep(self.gap)
 
     def describe(self) -> str:

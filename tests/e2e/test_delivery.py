@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, lab_only, lab_state_hosts, password_of
+from tests.conftest import REPO, console_tail, lab_only, lab_state_hosts, password_of
 from tests.conftest import backend_of as backend
 from tests.conftest import node_address as address_of
 from tests.e2e.imap_client import login
@@ -155,7 +155,12 @@ def reboot(lab_ssh, node: str) -> None:  # noqa: ANN001
         )
         return probe.returncode == 0
 
-    wait_for(back, f"{node} to reboot", timeout=120)
+    try:
+        wait_for(back, f"{node} to reboot", timeout=120)
+    except pytest.fail.Exception as e:
+        # The machine's console (systemd's boot and shutdown messages) says what it
+        # waits for: a stop job, a unit that failed, or nspawn that did not start again.
+        raise AssertionError(f"{e}; end of {node}'s console:\n{console_tail(node)}") from None
 
 
 @lab_only  # the home quota is the lab's btrfs qgroup, set by `mailcluster.lab quota`

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from mailcluster.passdb import PROXY_TIMEOUT_S
 from tests.conftest import (
     ALLOWED_CELLS,
     INVENTORY,
@@ -22,6 +23,7 @@ from tests.conftest import (
     lab_state_hosts,
     node_address,
     password_of,
+    patience,
 )
 from tests.conftest import backend_of as backend
 from tests.e2e.imap_client import authenticate, connect, login, open_session, outcome
@@ -82,8 +84,15 @@ def bad_client(lab: dict[str, Any]) -> str:
     return lab["client_addresses"][0]
 
 
+# A refusal comes after Dovecot's failure delay (2 s) plus the address's auth penalty
+# (doubling per failure up to AUTH_PENALTY_MAX_SECS, 15 s): the client waits for both on
+# top of its usual timeout (CI saw the 20 s timeout run out under load).
+REFUSAL_WAIT_S = 20 + 2 + 15
+
+
 def attempt(lab, address: str, mode: str, mechanism: str, user: str, password: str) -> str:  # noqa: ANN001
     client = open_session(address, mode, lab, source=bad_client(lab))
+    client.sock.settimeout(patience(REFUSAL_WAIT_S))
     return outcome(client, lambda c: authenticate(c, mechanism, user, password))
 
 
@@ -153,6 +162,9 @@ def test_when_a_backend_is_down_its_users_get_unavailable_others_are_unaffected(
     try:
         for mode, mechanism in (("plain", "CRAM-MD5"), ("tls", "LOGIN")):
             client = open_session(node_address(lab, up), mode, lab)
+            # The proxy answers [UNAVAILABLE] once it gives up on the backend: after
+            # proxy_timeout (mailcluster/passdb.py), longer than the usual client timeout.
+            client.sock.settimeout(patience(PROXY_TIMEOUT_S + 10))
             message = refused(authenticate, client, mechanism, victim, password_of(lab, victim))
             assert "[UNAVAILABLE]" in message, message
             client.shutdown()

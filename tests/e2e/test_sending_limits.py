@@ -10,7 +10,9 @@ the lab host's sink.
 
 from __future__ import annotations
 
+import math
 import smtplib
+import time
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
@@ -117,6 +119,7 @@ def test_over_the_recipient_limit_the_next_recipient_is_refused_for_now(
     per_message = 100
     client = session(lab, node, spammer)
     total, last = 0, (0, "", 0)
+    started = time.monotonic()
     try:
         for i in range(limit // per_message + 2):
             rcpts = [f"limits-{run}-{i}-{n}@example.net" for n in range(per_message)]
@@ -128,6 +131,10 @@ def test_over_the_recipient_limit_the_next_recipient_is_refused_for_now(
         client.close()
     code, text, _ = last
     assert 400 <= code < 500 and "Sending limit reached" in text, last
-    assert limit - 1 <= total <= limit, total
+    # Exim's rate is smoothed (leaky): while the test sends, what it counted decays by
+    # limit/3600 a second, so a slow run gets that many more recipients through (CI once:
+    # 501 of 500). Anything beyond that is a limit not enforced.
+    decayed = math.ceil(limit * (time.monotonic() - started) / 3600)
+    assert limit - 1 <= total <= limit + decayed, (total, decayed)
     log = lab_ssh(node, "grep -h 'sending limit: user' /var/log/exim4/mainlog").stdout
     assert f"sending limit: user {spammer} over {limit} recipients an hour" in log, log[-1000:]

@@ -9,15 +9,19 @@ against the lab CA (``verify_endpoint``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +242,55 @@ def poll(
             detail = f": {on_timeout()}" if on_timeout else ""
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+# -- a browser that hangs ----------------------------------------------------------------
+
+
+def _chromium_processes() -> list[int]:
+    """Chromium processes started from this test process (under Playwright's driver)."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        table[int(entry.name)] = (ppid, comm)
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = table.get(pid, (0, ""))[0]
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [pid for pid, (_, comm) in table.items() if comm.startswith("chrom") and ours(pid)]
+
+
+@contextlib.contextmanager
+def browser_watchdog(seconds: float) -> Iterator[threading.Event]:
+    """Kill this process's Chromium if the block has not finished after ``seconds``.
+
+    Playwright's ``BrowserContext.close()`` has no timeout, and once (CI, a page still
+    loading RoundCube's mailbox after "Message sent successfully") it never returned:
+    the whole run waited until CI's limit. Killed, the browser ends the call with an
+    error; the event says that it fired, and the caller starts a new browser."""
+    fired = threading.Event()
+
+    def kill() -> None:
+        fired.set()
+        for pid in _chromium_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Timer(seconds, kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()

@@ -102,6 +102,11 @@ FILES = [
         "/etc/systemd/system/dovecot.service.d/mailcluster.conf",
         MAIL,
     ),
+    Managed(
+        "dovecot/service-stop.conf.j2",
+        "/etc/systemd/system/dovecot.service.d/mailcluster-stop.conf",
+        MAIL,
+    ),
     # webmail role
     Managed("roundcube/debconf.j2", "/var/cache/mailcluster/roundcube.debconf", WEBMAIL),
     Managed("roundcube/pgpass.j2", "/root/.pgpass", WEBMAIL, banner="none", secret=True),
@@ -122,6 +127,12 @@ FILES = [
     ),
     Managed("php/roundcube-pool.conf.j2", "/etc/php/{php}/fpm/pool.d/roundcube.conf", WEBMAIL, ";"),
     Managed("nginx/webmail.conf.j2", "/etc/nginx/sites-available/mailcluster-webmail", WEBMAIL),
+    Managed(
+        "nginx/mailcluster-maintenance.html.j2",
+        "/usr/share/mailcluster/webmail/mailcluster-maintenance.html",
+        WEBMAIL,
+        banner="none",
+    ),
     # fail2ban role: the filter of each group, one jail file
     Managed(
         "fail2ban/mailcluster-auth.conf.j2", "/etc/fail2ban/filter.d/mailcluster-auth.conf", MAIL

@@ -24,8 +24,9 @@ def test_exim_runs_the_owned_configuration(mail_host) -> None:
     [
         ("daemon_smtp_ports", "25 : 465 : 587"),
         ("tls_on_connect_ports", "465"),
-        ("tls_certificate", "/etc/mailcluster/tls/fullchain.pem"),
-        ("tls_privatekey", "/etc/mailcluster/tls/privkey.pem"),
+        # Key and chain in one file (mailcluster/tlsprofile.py EXIM_PEM): no key option.
+        ("tls_certificate", "/etc/mailcluster/tls/exim.pem"),
+        ("tls_privatekey", ""),
         ("tls_advertise_hosts", "*"),
     ],
 )
@@ -77,8 +78,13 @@ def test_smtp_listens_on_every_address(mail_host, port: int) -> None:
 
 
 def test_exim_can_read_the_tls_key_and_reach_dovecots_auth_socket(mail_host) -> None:
-    key = mail_host.file("/etc/mailcluster/tls/privkey.pem")
-    assert (key.user, key.group, key.mode) == ("root", "Debian-exim", 0o640)
+    for path in ("/etc/mailcluster/tls/privkey.pem", "/etc/mailcluster/tls/exim.pem"):
+        key = mail_host.file(path)
+        assert (key.user, key.group, key.mode) == ("root", "Debian-exim", 0o640), path
+    # The one file holds the key and then the chain (leaf first), and the two match.
+    pem = mail_host.file("/etc/mailcluster/tls/exim.pem").content_string
+    assert pem.index("PRIVATE KEY-----") < pem.index("BEGIN CERTIFICATE")
+    assert pem.endswith(mail_host.file("/etc/mailcluster/tls/fullchain.pem").content_string)
     sock = mail_host.file("/run/dovecot/auth-exim")
     assert sock.is_socket and sock.group == "Debian-exim" and sock.mode == 0o660
 

@@ -35,18 +35,22 @@ COMMON_SETTINGS = [
     ("session_storage", "'db'"),
     ("mail_domain", "'{domain}'"),
     ("enable_installer", "false"),
+    # One-step PLAIN (SASL-IR) over TLS, not CRAM-MD5: Dovecot 2.3.7 can hang a two-step
+    # login over TLS (tests/e2e/test_webmail.py checks what the mail nodes logged).
+    ("imap_auth_type", "'PLAIN'"),
 ]
-# Where the IMAP and SMTP servers are, in the option names of the host's RoundCube.
-# {mail}: the FQDN of the mail node this webmail node talks to.
+# Where the IMAP and SMTP servers are, in the option names of the host's RoundCube: the
+# service names (RoundCube keys its users by the IMAP host's name, which must not change
+# when mail nodes do), which the webmail host's /etc/hosts points at its mail node.
 SERVER_SETTINGS = {
     "1.6": [
-        ("imap_host", "'ssl://{mail}:993'"),
-        ("smtp_host", "'tls://{mail}:587'"),
+        ("imap_host", "'ssl://imap.{domain}:993'"),
+        ("smtp_host", "'tls://smtp.{domain}:587'"),
     ],
     "legacy": [
-        ("default_host", "'ssl://{mail}'"),
+        ("default_host", "'ssl://imap.{domain}'"),
         ("default_port", "993"),
-        ("smtp_server", "'tls://{mail}'"),
+        ("smtp_server", "'tls://smtp.{domain}'"),
         ("smtp_port", "587"),
     ],
 }
@@ -67,9 +71,14 @@ def test_roundcube_effective_setting(webmail_host, lab, key: str, value: str) ->
 
 def test_roundcube_finds_the_mail_node(webmail_host, lab) -> None:
     names = "legacy" if platform_of(webmail_host).roundcube_legacy_options else "1.6"
-    mail = mail_node_fqdn(lab, webmail_host.backend.get_hostname())
     for key, value in SERVER_SETTINGS[names]:
-        assert rc_config(webmail_host, key) == value.format(mail=mail), key
+        assert rc_config(webmail_host, key) == value.format(domain=lab["domain"]), key
+    # The service names lead to this webmail host's own mail node.
+    mail = mail_node_fqdn(lab, webmail_host.backend.get_hostname())
+    address = next(h["address"] for h in lab["hosts"] if f"{h['name']}.{lab['domain']}" == mail)
+    for service in ("imap", "smtp"):
+        found = webmail_host.run(f"getent hosts {service}.{lab['domain']}").stdout.split()
+        assert found[:1] == [address], (service, found)
 
 
 def test_roundcube_verifies_the_mail_nodes_certificates(webmail_host) -> None:

@@ -3,6 +3,8 @@ entries, for local, proxied and moving users, and so do lines of older files."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,22 @@ PROXIED = Entry(
     master_user=passdb.MASTER_USER,
     master_password="s3cret-_x",
 )
-MOVING = Entry("carol", H[2], "mail02", moving_from="mail01")
+MOVING = Entry(
+    "carol",
+    H[2],
+    "mail02",
+    moving_from="mail01",
+    hold_until=1796000000,
+    backend_fqdn="mail02.example.test",
+    backend_ip="127.0.0.3",
+    master_user=passdb.MASTER_USER,
+    master_password="s3cret-_x",
+)
+# As files written before moves waited instead of refusing had a moving user.
+OLD_MOVING_LINES = [
+    "# moving: carol from mail01 to mail02",
+    f"carol:{H[2]}::::::nologin=y reason=Your_mailbox_is_moving_to_another_server,_try_again",
+]
 
 
 def lines(text: str) -> list[str]:
@@ -49,10 +66,41 @@ def test_each_kind_of_line_is_rendered_and_read_back_as_it_was() -> None:
     assert f"\nalice:{H[0]}::::::\n" in text
     assert (
         f"\nbob:{H[1]}::::::proxy_maybe=y host=mail02.example.test hostip=127.0.0.3 port=993 "
-        "ssl=yes proxy_timeout=10 master=mailcluster-proxy pass=s3cret-_x\n"
+        "ssl=yes proxy_timeout=20 master=mailcluster-proxy pass=s3cret-_x\n"
     ) in text
-    assert f"\n# moving: carol from mail01 to mail02\ncarol:{H[2]}::::::nologin=y " in text
+    # A moving user's logins go to the new backend, after a wait.
+    assert (
+        f"\n# moving: carol from mail01 to mail02\ncarol:{H[2]}::::::proxy_maybe=y "
+        "host=mail02.example.test hostip=127.0.0.3 port=993 ssl=yes proxy_timeout=20 "
+        "master=mailcluster-proxy pass=s3cret-_x delay_until=1796000000\n"
+    ) in text
     assert passdb.parse(lines(text), "mail01") == [LOCAL, PROXIED, MOVING]
+    # Moving onto this node: the local line, with the wait.
+    here = dataclasses.replace(LOCAL, moving_from="mail02", hold_until=1796000000)
+    text = passdb.render("mail01", [here])
+    assert (
+        f"\n# moving: alice from mail02 to mail01\nalice:{H[0]}::::::delay_until=1796000000\n"
+        in text
+    )
+    assert passdb.parse(lines(text), "mail01") == [here]
+
+
+def test_a_moving_users_wait_counts_from_the_render() -> None:
+    """Entries built by the deploy carry no time: the wait is MOVE_HOLD_S from the
+    moment the file is rendered (as the operation runs, not when pyinfra prepared it)."""
+    fresh = dataclasses.replace(MOVING, hold_until=0)
+    before = int(time.time())
+    (got,) = passdb.parse(lines(passdb.render("mail01", [fresh])), "mail01")
+    after = int(time.time())
+    assert before + passdb.MOVE_HOLD_S <= got.hold_until <= after + passdb.MOVE_HOLD_S
+    assert 0 < passdb.MOVE_HOLD_S < 300  # Dovecot refuses a delay_until over 5 minutes
+
+
+def test_a_refused_moving_line_of_an_older_file_reads_as_moving() -> None:
+    got = passdb.parse(OLD_MOVING_LINES, "mail01")
+    assert got == [Entry("carol", H[2], "mail02", moving_from="mail01")]
+    assert passdb.last_backends(got) == {"carol": "mail01"}
+    assert passdb.not_proxied(got) == ["carol"]
 
 
 @pytest.mark.parametrize("node", ["mail01", "mail02"])
@@ -62,9 +110,11 @@ def test_a_nodes_passdb_from_the_site_round_trips(lab: site.Site, node: str) -> 
     built = passdb.entries(lab, node, "pw")
     moving = {e.user: other for e in built[:5]} | {e.user: node for e in built[5:10]}
     for entries in (built, passdb.entries(lab, node, "pw", moving)):
-        assert passdb.parse(lines(passdb.render(node, entries)), node) == entries
+        got = passdb.parse(lines(passdb.render(node, entries)), node)
+        assert all(bool(e.hold_until) == bool(e.moving_from) for e in got)
+        assert [dataclasses.replace(e, hold_until=0) for e in got] == entries
     kinds = {(e.proxied, bool(e.moving_from)) for e in passdb.entries(lab, node, "pw", moving)}
-    assert kinds == {(False, False), (True, False), (False, True)}
+    assert kinds == {(False, False), (True, False), (False, True), (True, True)}
 
 
 def test_the_role_renders_the_model(lab: site.Site) -> None:

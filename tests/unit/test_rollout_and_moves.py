@@ -101,7 +101,9 @@ def test_a_rendered_move_reads_back_as_the_old_map() -> None:
     from tests.unit.test_templates import _PASSDB
 
     out = templating.render("dovecot/passdb.j2", **_PASSDB)
-    assert "carol:{CRAM-MD5}" + "2" * 64 + "::::::nologin=y reason=" in out
+    # Carol moves to mail03: her logins go there, after the wait.
+    assert "# moving: carol from mail02 to mail03\ncarol:{CRAM-MD5}" + "2" * 64 in out
+    assert "mail03.example.test" in out and "delay_until=1796000000\n" in out
     assert live_backends("mail01", out.splitlines()) == {
         "alice": "mail01",
         "bob": "mail02",

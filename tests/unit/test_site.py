@@ -152,3 +152,30 @@ def test_a_failed_node_holds_no_mail_and_only_its_users_move(data, tmp_path: Pat
     # An override naming the failed node gives way to the user's next choice.
     (tmp_path / site.FAILED_NODES_FILE).write_text(f"{first}\n")
     assert s.backend_of("pinned") != first
+
+
+def test_an_os_upgrade_plan_shapes_the_map(data, tmp_path: Path) -> None:
+    """While secrets_dir/upgrade.json exists: a new node holds mail only once its batch
+    has joined, a replaced old node holds none, and users follow the plan's pins."""
+    from mailcluster import upgrade_plan
+
+    data["secrets_dir"] = str(tmp_path)
+    mail = [h for h in data["hosts"] if "mail" in h["groups"]]
+    old = mail[0]["name"]
+    data["hosts"].append({"name": "mailnew", "address": "127.0.9.9", "groups": ["mail"]})
+    s = site.parse(data, "test")
+    plan = upgrade_plan.Plan(target="ubuntu24.04", pairs=[(old, "mailnew")])
+    upgrade_plan.save(tmp_path, plan)
+    assert old in s.backend_nodes() and "mailnew" not in s.backend_nodes()
+    users = [f"user{i}" for i in range(300)]
+    assert all(s.backend_of(u) != "mailnew" for u in users)
+    before = {u: s.backend_of(u) for u in users}
+    plan.pins = plan.pins_for_batch(before, plan.batches()[0], s.backend_nodes() + ["mailnew"])
+    plan.steps[old] = "joined"
+    upgrade_plan.save(tmp_path, plan)
+    assert old not in s.backend_nodes() and "mailnew" in s.backend_nodes()
+    after = {u: s.backend_of(u) for u in users}
+    assert after == plan.pins
+    assert {u for u in users if after[u] != before[u]} == {u for u in users if before[u] == old}
+    upgrade_plan.remove(tmp_path)
+    assert "mailnew" in s.backend_nodes() and old in s.backend_nodes()

@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from mailcluster import reloads, site, sizing, templating, tlsprofile
+from mailcluster import passdb, reloads, site, sizing, templating, tlsprofile
 from mailcluster.roles import fail2ban
 from tests.conftest import REPO
 
@@ -17,27 +17,32 @@ SITE = site.load(REPO / "tests" / "fixtures" / "sites" / "loopback.yaml")
 
 _LIMITS = sizing.dovecot(4, 8192)
 _PASSDB: dict[str, Any] = {
+    # As mailcluster/passdb.py's Entry has them (rendered from the model in the deploy).
     "node": "mail01",
     "entries": [
-        {"user": "alice", "hash": "{CRAM-MD5}" + "0" * 64, "backend": "mail01", "moving_from": ""},
-        {
-            "user": "bob",
-            "hash": "{CRAM-MD5}" + "1" * 64,
-            "backend": "mail02",
-            "moving_from": "",
-            "backend_fqdn": "mail02.example.test",
-            "backend_ip": "127.0.0.3",
-            "master_user": "mailcluster-proxy",
-            "master_password": "m",
-        },
-        {
-            "user": "carol",
-            "hash": "{CRAM-MD5}" + "2" * 64,
-            "backend": "mail03",
-            "moving_from": "mail02",
-        },
+        passdb.Entry("alice", "{CRAM-MD5}" + "0" * 64, "mail01"),
+        passdb.Entry(
+            "bob",
+            "{CRAM-MD5}" + "1" * 64,
+            "mail02",
+            backend_fqdn="mail02.example.test",
+            backend_ip="127.0.0.3",
+            master_user="mailcluster-proxy",
+            master_password="m",
+        ),
+        passdb.Entry(
+            "carol",
+            "{CRAM-MD5}" + "2" * 64,
+            "mail03",
+            moving_from="mail02",
+            backend_fqdn="mail03.example.test",
+            backend_ip="127.0.0.4",
+            master_user="mailcluster-proxy",
+            master_password="m",
+        ),
     ],
-    "proxy_timeout": 10,
+    "proxy_timeout": 20,
+    "hold_until": lambda: 1796000000,
 }
 FENCE_CONTEXT = {"script": "/s", "up_marker": "/var/u", "fenced_flag": "/run/f"}
 BACKUP_CONTEXT = {"backups": SITE.backups, "db": "roundcube", "user": "roundcube"}
@@ -118,7 +123,10 @@ WEBMAIL_CONTEXTS: dict[str, dict[str, Any]] = {
         "docroot": "/var/lib/roundcube/public_html",
         "socket": "/run/php/roundcube.sock",
         "body_max": 8388608,
+        "maintenance_root": "/usr/share/mailcluster/webmail",
     },
+    "nginx/mailcluster-maintenance.html.j2": {},
+    "dovecot/service-stop.conf.j2": {},
 }
 
 # The context each template gets from its role (kept in step with mailcluster/roles/).
@@ -126,7 +134,12 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "apt/01mailcluster-proxy.j2": {"proxy": "http://10.77.0.1:3150"},
     "apt/20auto-upgrades.j2": {"enabled": True},
     "base/hostname.j2": {"name": "mail01"},
-    "base/hosts.j2": {"me": SITE.hosts[0], "hosts": SITE.hosts, "domain": SITE.domain},
+    "base/hosts.j2": {
+        "me": SITE.hosts[0],
+        "hosts": SITE.hosts,
+        "domain": SITE.domain,
+        "services": ("10.0.0.2", ["imap.example.test", "smtp.example.test"]),
+    },
     "base/timezone.j2": {"timezone": "Asia/Tokyo"},
     "chrony/chrony.conf.j2": {"servers": SITE.ntp_servers},
     "chrony/default.j2": {"in_container": False, "seccomp": "-F 1"},
@@ -235,6 +248,29 @@ def test_hosts_file_lists_every_cluster_host() -> None:
         assert f"{h.address}\t{h.name}.{SITE.domain}\t{h.name}\n" in out
 
 
+def test_a_webmail_host_reaches_its_mail_node_under_the_service_names() -> None:
+    """RoundCube keys its users by the IMAP host's name: the webmail hosts use the
+    service name, pointed at their own mail node, and it stays when nodes change."""
+    from mailcluster.roles.base import service_aliases
+
+    site = SITE
+    web = site.in_group("webmail")[0]
+    node = site.webmail_mail_node(web.name)
+    assert service_aliases(site, web) == (
+        str(node.address),
+        [str(site.service_names["imap"]), str(site.service_names["smtp"])],
+    )
+    assert service_aliases(site, site.in_group("mail")[0]) is None
+    out = templating.render(
+        "base/hosts.j2",
+        me=web,
+        hosts=site.hosts,
+        domain=site.domain,
+        services=service_aliases(site, web),
+    )
+    assert f"{node.address}\t{site.service_names['imap']}\t{site.service_names['smtp']}\n" in out
+
+
 def test_chrony_runs_without_setting_the_clock_only_in_containers() -> None:
     assert "-x" in templating.render("chrony/default.j2", in_container=True, seccomp="-F 1")
     assert "-x" not in templating.render("chrony/default.j2", in_container=False, seccomp="-F 1")
@@ -254,7 +290,7 @@ def test_passdb_proxies_only_users_of_other_backends() -> None:
     assert "\nalice:{CRAM-MD5}" + "0" * 64 + "::::::\n" in out
     assert (
         "bob:{CRAM-MD5}" + "1" * 64 + "::::::proxy_maybe=y host=mail02.example.test "
-        "hostip=127.0.0.3 port=993 ssl=yes proxy_timeout=10 master=mailcluster-proxy pass=m\n"
+        "hostip=127.0.0.3 port=993 ssl=yes proxy_timeout=20 master=mailcluster-proxy pass=m\n"
     ) in out
 
 
