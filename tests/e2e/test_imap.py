@@ -26,7 +26,14 @@ from tests.conftest import (
     patience,
 )
 from tests.conftest import backend_of as backend
-from tests.e2e.imap_client import authenticate, connect, login, open_session, outcome
+from tests.e2e.imap_client import (
+    authenticate,
+    connect,
+    login,
+    once_more_on_known_hang,
+    open_session,
+    outcome,
+)
 
 MAIL_NODES = [h["name"] for h in lab_state_hosts() if "mail" in h["groups"]] or ["(no lab)"]
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
@@ -91,9 +98,12 @@ REFUSAL_WAIT_S = 20 + 2 + 15
 
 
 def attempt(lab, address: str, mode: str, mechanism: str, user: str, password: str) -> str:  # noqa: ANN001
-    client = open_session(address, mode, lab, source=bad_client(lab))
-    client.sock.settimeout(patience(REFUSAL_WAIT_S))
-    return outcome(client, lambda c: authenticate(c, mechanism, user, password))
+    def once() -> str:
+        client = open_session(address, mode, lab, source=bad_client(lab))
+        client.sock.settimeout(patience(REFUSAL_WAIT_S))
+        return outcome(client, lambda c: authenticate(c, mechanism, user, password))
+
+    return once_more_on_known_hang(lab, address, once)
 
 
 @pytest.mark.parametrize("node", MAIL_NODES)
