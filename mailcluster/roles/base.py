@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from mailcluster import platform, reloads
@@ -19,7 +20,35 @@ BASE_PACKAGES = [
     "ca-certificates",
     "openssh-server",
     "nftables",
+    # arping: the host announces its address once (see announce_address).
+    "iputils-arping",
 ]
+# Where a host records that it announced its address (one file per address).
+ANNOUNCED_DIR = "/var/lib/mailcluster/announced"
+
+
+def announce_address(address: str) -> str:
+    """Shell: tell the neighbours on ``address``'s network that it is this machine's now
+    (three unsolicited ARP packets, 1 s apart), then record that it was done.
+
+    A host that takes the address of one that is gone (a reinstalled or replaced host, a
+    `mailctl upgrade` whose new node gets the old one's address, the lab's `add` after a
+    `remove`) is unreachable from every peer whose ARP cache still holds the old machine's
+    MAC, until that entry is re-resolved: 11 s measured on the lab (2026-12-01, a TCP
+    connect from a node with such an entry; 4 ms after the announcement). A moved user's
+    login proxied there waits that on top of the move's hold (passdb.MOVE_HOLD_S) and
+    timed out (the upgrade test's rare failed logins, 2026-12)."""
+    return (
+        f"a={address}; "
+        "dev=$(ip -o -4 addr show | "
+        'awk -v a="$a" \'{split($4, p, "/")} p[1] == a {print $2; exit}\'); '
+        '[ -n "$dev" ] || { echo "$a is not an address of this host" >&2; exit 1; }; '
+        # iputils' arping exits 0 in this mode (no replies expected)
+        'arping -q -U -c 3 -w 4 -I "$dev" "$a" && '
+        f'mkdir -p {ANNOUNCED_DIR} && touch "{ANNOUNCED_DIR}/$a"'
+    )
+
+
 # A day: packages change rarely; a run within that reuses the index (and reports no change).
 APT_CACHE_SECONDS = 86400
 
@@ -85,6 +114,13 @@ def base() -> None:
             "services": service_aliases(site, me),
         },
     )
+
+    # Once per address: a new host's first deploy (before any user is moved to it).
+    if host.get_fact(File, path=f"{ANNOUNCED_DIR}/{me.address}") is None:
+        server.shell(
+            name="Announce this host's address to its network (unsolicited ARP)",
+            commands=[announce_address(str(me.address))],
+        )
 
     managed_file(
         name="The reload without failed connections (mailcluster-reload)",
