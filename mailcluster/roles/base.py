@@ -43,8 +43,10 @@ def announce_address(address: str) -> str:
         "dev=$(ip -o -4 addr show | "
         'awk -v a="$a" \'{split($4, p, "/")} p[1] == a {print $2; exit}\'); '
         '[ -n "$dev" ] || { echo "$a is not an address of this host" >&2; exit 1; }; '
-        # iputils' arping exits 0 in this mode (no replies expected)
-        'arping -q -U -c 3 -w 4 -I "$dev" "$a" && '
+        'arping -q -U -c 3 -w 4 -I "$dev" "$a"; rc=$?; '
+        # Sent is 0, or 1 for iputils before 2020 (Ubuntu 20.04's: "no replies", as none
+        # is expected in this mode); 2 is an error (no such device, no such address).
+        '[ "$rc" -le 1 ] || exit "$rc"; '
         f'mkdir -p {ANNOUNCED_DIR} && touch "{ANNOUNCED_DIR}/$a"'
     )
 
