@@ -8,7 +8,8 @@ The peers' stale entries are set here (``ip neigh replace ... nud stale``, a MAC
 machine has): that is the state a peer is left in when the machine it talked to is gone,
 without waiting on the kernel's timers, which re-probe and drop some entries and keep
 others (a run that made them by talking to a machine and removing it was flaky).
-Without the announcement they stay (checked: the op disabled, the test failed).
+Without the announcement they stay (checked 2026-12-02: the op disabled, the test failed
+on the first peer, still holding the gone MAC).
 """
 
 from __future__ import annotations
