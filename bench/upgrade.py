@@ -21,6 +21,12 @@ From the lab host, against a deployed lab whose mail nodes run the old release
 * **The upgrade**: `mailcluster.upgrade.upgrade` (what `mailctl upgrade` runs) with each
   host paired to a new name (mail nodes ``--batch`` at a time, then the webmail and
   database hosts; ``--mail-only`` leaves those).
+* With ``--fault-once`` (what `make test-upgrade` runs): when the first batch's closing
+  health check starts, fail2ban is stopped on a mail node in service (a real fault:
+  `mailctl status` judges it CRITICAL; made at that moment because the batch's deploys
+  would start it again). The upgrade must stop there with the cluster serving; then, as
+  an operator would, fail2ban is started and the upgrade resumed with no node names
+  (what `mailctl upgrade` does when run again), the clients going on throughout.
 * Then every accepted message must be in its recipient's Maildir exactly once.
 
 Reports seconds in all and per step, logins attempted and failed, messages sent,
@@ -232,11 +238,26 @@ class WebProbe:
         return round(longest, 1)
 
 
-def hooked_runner(service: Service, batches: list[dict[str, Any]]) -> Any:
-    """upgrade.Runner, telling the clients which nodes are in service as it goes."""
+def hooked_runner(
+    service: Service, batches: list[dict[str, Any]], fault: dict[str, Any] | None = None
+) -> Any:
+    """upgrade.Runner, telling the clients which nodes are in service as it goes; with
+    ``fault``, stopping fail2ban on a node in service as the second health check (the
+    first batch's closing one) starts, once."""
     from mailcluster import upgrade
 
     class Hooked(upgrade.Runner):
+        checks = 0
+
+        def health(self, site: Any, connect: dict[str, dict]) -> tuple[int, str]:
+            type(self).checks += 1
+            if fault is not None and type(self).checks == 2 and "node" not in fault:
+                node = next(h.name for h in site.in_group("mail") if not h.draining)
+                hosts.run(service.lab["ssh_config"], node, "systemctl stop fail2ban")
+                fault.update(node=node, at=time.strftime("%T"))
+                log(f"  fault: fail2ban stopped on {node} as the health check starts")
+            return super().health(site, connect)
+
         def lab_cli(self, *args: str) -> None:
             if args and args[0] == "drain":
                 service.leave(args[1])  # out of DNS first, then drained
@@ -268,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", type=int, default=300, help="seconds to wait for delivery")
     ap.add_argument("--mail-only", action="store_true", help="leave webmail and db hosts")
     ap.add_argument("--json", help="write the report here too")
+    ap.add_argument(
+        "--fault-once",
+        action="store_true",
+        help="fail the first batch's health check (fail2ban stopped), then resume",
+    )
     args = ap.parse_args(argv)
 
     from mailcluster import upgrade
@@ -295,8 +321,22 @@ def main(argv: list[str] | None = None) -> int:
     steps: list[dict[str, Any]] = []
     started = time.monotonic()
     error = None
+    fault: dict[str, Any] | None = {} if args.fault_once else None
+    runner = hooked_runner(service, steps, fault)
     try:
-        upgrade.upgrade(INVENTORY, pairs, args.to, args.batch, runner=hooked_runner(service, steps))
+        try:
+            upgrade.upgrade(INVENTORY, pairs, args.to, args.batch, runner=runner)
+        except upgrade.UpgradeError as exc:
+            if fault is None or "node" not in fault:
+                raise
+            fault["stop"] = str(exc)
+            log(f"the upgrade stopped on the fault: {str(exc).splitlines()[0]}")
+            hosts.run(lab["ssh_config"], fault["node"], "systemctl start fail2ban")
+            log(f"fail2ban started on {fault['node']}; the upgrade resumed (no node names)")
+            fault["resumed_at"] = time.strftime("%T")
+            upgrade.upgrade(INVENTORY, [], args.to, args.batch, runner=runner)
+        if fault is not None and "stop" not in fault:
+            error = f"the fault ({fault or 'never made'}) did not stop the upgrade"
     except upgrade.UpgradeError as exc:
         error = str(exc)
         log(f"the upgrade stopped: {exc}")
@@ -355,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "webmail_failure_examples": [f for _, f in web.failures[:5]],
         "releases": releases,
         "error": error,
+        "fault": fault,
     }
     print(json.dumps(report, indent=2))
     if args.json:

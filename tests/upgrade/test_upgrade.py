@@ -6,12 +6,16 @@ submission), mail arrives on port 25 and RoundCube's login page is fetched
 (bench/upgrade.py: its docstring says what it does and checks). A webmail user saves a
 contact in Chromium before; afterwards the same browser, its cookies kept, reaches the
 new webmail host under the service name (as after the DNS change) and the contact is
-there. `make test-upgrade` sets the lab up: the small topology plus a spare mail node,
-the mail nodes on 20.04."""
+there. The first batch's closing health check fails on a real fault (bench/upgrade.py
+--fault-once: fail2ban stopped on a node in service): the upgrade must stop there with
+the clients served, and go on when resumed with no node names once fail2ban runs again.
+`make test-upgrade` sets the lab up: the small topology plus a spare mail node, the mail
+nodes on 20.04."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -93,7 +97,10 @@ def test_every_host_moves_to_24_04_with_no_failed_login_nothing_lost_and_the_con
 
     report_file = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, "bench/upgrade.py", "--to", "ubuntu24.04", "--json", str(report_file)],
+        [
+            *(sys.executable, "bench/upgrade.py", "--to", "ubuntu24.04", "--fault-once"),
+            *("--json", str(report_file)),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -103,6 +110,12 @@ def test_every_host_moves_to_24_04_with_no_failed_login_nothing_lost_and_the_con
     report = json.loads(report_file.read_text())
     print(json.dumps(report, indent=2))
     assert report["error"] is None, report["error"]
+    # The first batch's closing health check failed (fail2ban stopped on a node in
+    # service): the upgrade stopped there, the clients going on, and resumed.
+    fault = report["fault"]
+    assert "the cluster is not healthy; stopped" in fault["stop"], fault
+    assert re.search(rf"{fault['node']}\b.*fail2ban is inactive", fault["stop"]), fault
+    assert "resumed_at" in fault, fault
     assert report["failed_logins"] == 0, report["failure_examples"]
     assert report["logins"] > 1000, report  # clients were there throughout
     assert report["accepted"] == report["sent"] > 100, report
