@@ -16,7 +16,8 @@ that stops, for any reason, is resumed by running ``mailctl upgrade`` again. A b
    moves their users, each one's sessions ended on the old node before the new one
    serves them;
 3. **moved** -> **drained**: the old nodes' Exim queues delivered until empty
-   (deploys/drain.py, as `mailctl drain`);
+   (deploys/drain.py, as `mailctl drain`), and the logins still held on them passed on
+   (HELD_LOGINS_S after the move);
 4. **removed**: the old nodes powered off and deleted (lab: ``lab remove``; production:
    the operator does it and runs the command again), the others deployed without them,
    and the cluster's health checked (`mailctl status` must not be CRITICAL) before the
@@ -45,7 +46,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mailcluster import accounts, upgrade_plan
+from mailcluster import accounts, passdb, upgrade_plan
 from mailcluster import site as site_mod
 from mailcluster import status as status_mod
 from mailcluster.lab import platforms
@@ -54,6 +55,17 @@ from mailcluster.upgrade_plan import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_INVENTORY = "inventory/lab.py"
+
+
+# How long an old node may still be needed after its users' move: a login that reached
+# it (directly, or proxied by a node whose passdb was not yet rewritten) just before the
+# move's "moving" lines landed waits there until their delay_until (passdb.MOVE_HOLD_S
+# from when the file was rendered, at most the end of the move's deploy), and is then
+# proxied on to the user's new node. Removed before that, the node takes such a login
+# with it: the client waits out its timeout (the 20-s IMAP timeouts of the lab upgrade
+# runs, 2026-12-01/02, each a user of the batch's old node, logging in just as the
+# move began). Plus 5 s for the proxying on.
+HELD_LOGINS_S = passdb.MOVE_HOLD_S + 5
 
 
 class UpgradeError(Exception):
@@ -167,6 +179,15 @@ class Runner:
                 f"{dumped}, restore exit {load.returncode}): {load.stderr.strip()[-2000:]}"
             )
         log(f"{new}: {load.stdout.strip()}")
+
+    def wait_for_held_logins(self, moved_at: float | None) -> None:
+        """Until no login can still be held on a batch's old nodes (see HELD_LOGINS_S),
+        counted from ``moved_at`` (time.monotonic() when the move's deploy ended; None:
+        not known, after a resume: the whole time)."""
+        left = HELD_LOGINS_S - (time.monotonic() - moved_at if moved_at is not None else 0)
+        if left > 0:
+            log(f"waiting {left:.0f} s for logins still held on the old nodes")
+            time.sleep(left)
 
     def health(self, site: site_mod.Site, connect: dict[str, dict]) -> tuple[int, str]:
         hosts = status_mod.collect(site, connect)
@@ -340,16 +361,22 @@ def run_batch(r: Runner, plan: Plan, batch: list[tuple[str, str]]) -> None:
                 "(docs/RUNBOOK.md section 6), and run `mailctl upgrade` again"
             )
         r.deploy(f"users of {', '.join(olds)} moved")
+        moved_at: float | None = time.monotonic()
         for old in olds:
             plan.steps[old] = "moved"
         _save(site, plan)
+    else:
+        moved_at = None
     if step_of_batch() == "moved":
         for old in olds:
             r.deploy(
                 f"{old}'s queue delivered", limit=old, deploy_file="mailcluster/deploys/drain.py"
             )
+        # Only then may the old nodes go (removed below, or powered off by the operator).
+        r.wait_for_held_logins(moved_at)
+        for old in olds:
             plan.steps[old] = "drained"
-            _save(site, plan)
+        _save(site, plan)
     if step_of_batch() == "drained":
         site, connect = r.site()
         left = [o for o in olds if any(h.name == o for h in site.hosts)]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailcluster import accounts, site, status, upgrade, upgrade_plan
+from mailcluster import accounts, passdb, site, status, upgrade, upgrade_plan
 from mailcluster.site import Site
 from tests.unit.test_site import LOOPBACK
 
@@ -62,6 +62,9 @@ class FakeWorld(upgrade.Runner):
         elif verb == "remove":
             self.data["hosts"] = [h for h in hosts if h["name"] != name]
 
+    def wait_for_held_logins(self, moved_at: float | None) -> None:
+        self.calls.append(f"wait for held logins ({'after the move' if moved_at else 'all'})")
+
     def os_release(self, s: Site, connect: dict, node: str) -> str:
         return "ubuntu 24.04"
 
@@ -108,8 +111,8 @@ def test_every_batch_goes_through_its_steps_and_users_move_at_most_twice(world) 
     s, _ = world.site()
     assert [h.name for h in s.in_group("mail")] == ["mail04", "mail05", "mail06"]
     assert upgrade_plan.load(s.secrets_dir) is None  # done: the plan is gone
-    # Per batch: add, deploy (joined), drain mark, deploy (moved), the queue, remove,
-    # deploy; then the last deploy without the pins.
+    # Per batch: add, deploy (joined), drain mark, deploy (moved), the queue, the held
+    # logins passed on, remove, deploy; then the last deploy without the pins.
     adds = [c for c in world.calls if c.startswith("lab add")]
     assert adds == [f"lab add {n} --groups mail --platform ubuntu24.04" for _, n in PAIRS]
     assert world.calls[-1].startswith("deploy all deploy.py: the pins dropped")
@@ -117,7 +120,8 @@ def test_every_batch_goes_through_its_steps_and_users_move_at_most_twice(world) 
         i = world.calls.index(f"lab drain {old}")
         assert world.calls[i + 1].startswith("deploy all deploy.py: users of")
         assert world.calls[i + 2].startswith(f"deploy {old} mailcluster/deploys/drain.py")
-        assert world.calls[i + 3] == f"lab remove {old}"
+        assert world.calls[i + 3] == "wait for held logins (after the move)"
+        assert world.calls[i + 4] == f"lab remove {old}"
     # Never a user on a node outside the map at a deploy; at most two moves each.
     final = {u: s.backend_of(u) for u in USERS}
     assert world.maps[-1] == final
@@ -264,3 +268,25 @@ def test_outside_the_lab_the_operator_removes_the_old_webmail_host(world) -> Non
     world.data["hosts"] = [h for h in world.data["hosts"] if h["name"] != "webmail01"]
     run(world, [])
     assert world.calls[-2].startswith("deploy all deploy.py: the others forget webmail01")
+
+
+def test_an_old_node_goes_only_after_the_logins_held_on_it_are_passed_on(world) -> None:
+    """A login held on an old node by the move (delay_until) is proxied on when the hold
+    ends; the node must still be there then (upgrade.HELD_LOGINS_S)."""
+    run(world)
+    calls = world.calls
+    for old, _ in PAIRS:
+        moved = calls.index(f"deploy all deploy.py: users of {old} moved")
+        removed = calls.index(f"lab remove {old}")
+        waits = [i for i, c in enumerate(calls) if c.startswith("wait for held logins")]
+        assert any(moved < i < removed for i in waits), calls[moved : removed + 1]
+    assert upgrade.HELD_LOGINS_S > passdb.MOVE_HOLD_S
+
+
+def test_resumed_after_the_move_it_waits_the_whole_hold(world) -> None:
+    with pytest.raises(upgrade.UpgradeError):
+        world.fail_at = "mail01's queue delivered"
+        run(world)
+    world.calls.clear()
+    run(world, [])
+    assert "wait for held logins (all)" in world.calls[:3], world.calls[:5]
