@@ -62,9 +62,10 @@ LAB_INVENTORY = "inventory/lab.py"
 # move's "moving" lines landed waits there until their delay_until (passdb.MOVE_HOLD_S
 # from when the file was rendered, at most the end of the move's deploy), and is then
 # proxied on to the user's new node. Removed before that, the node takes such a login
-# with it: the client waits out its timeout (the 20-s IMAP timeouts of the lab upgrade
-# runs, 2026-12-01/02, each a user of the batch's old node, logging in just as the
-# move began). Plus 5 s for the proxying on.
+# with it: the client waits out its timeout. The likely cause, not a proven one, of the
+# lab upgrade runs' rare 20-s IMAP timeouts (2026-12-01/02: each a user of the batch's
+# old node, logging in just as the move began; the old node's logs went with it).
+# Plus 5 s for the proxying on.
 HELD_LOGINS_S = passdb.MOVE_HOLD_S + 5
 
 
@@ -347,6 +348,7 @@ def run_batch(r: Runner, plan: Plan, batch: list[tuple[str, str]]) -> None:
             plan.steps[old] = "joined"
         _save(site, plan)
         log(f"{names}: {moving} users move to the new nodes")
+    moved_at: float | None = None  # when this run moved the users (a resume: unknown)
     if step_of_batch() == "joined":
         site, connect = r.site()
         undrained = [o for o in olds if not site.host(o).draining]
@@ -361,12 +363,10 @@ def run_batch(r: Runner, plan: Plan, batch: list[tuple[str, str]]) -> None:
                 "(docs/RUNBOOK.md section 6), and run `mailctl upgrade` again"
             )
         r.deploy(f"users of {', '.join(olds)} moved")
-        moved_at: float | None = time.monotonic()
+        moved_at = time.monotonic()
         for old in olds:
             plan.steps[old] = "moved"
         _save(site, plan)
-    else:
-        moved_at = None
     if step_of_batch() == "moved":
         for old in olds:
             r.deploy(

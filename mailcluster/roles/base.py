@@ -36,8 +36,10 @@ def announce_address(address: str) -> str:
     `remove`) is unreachable from every peer whose ARP cache still holds the old machine's
     MAC, until that entry is re-resolved: 11 s measured on the lab (2026-12-01, a TCP
     connect from a node with such an entry; 4 ms after the announcement). A moved user's
-    login proxied there waits that on top of the move's hold (passdb.MOVE_HOLD_S) and
-    timed out (the upgrade test's rare failed logins, 2026-12)."""
+    login proxied there would wait that on top of the move's hold (passdb.MOVE_HOLD_S),
+    longer than the tests' clients wait (20 s). (It did not end the upgrade test's rare
+    timed-out logins alone: one more came in a run with it, 2026-12-02; see
+    upgrade.HELD_LOGINS_S.)"""
     return (
         f"a={address}; "
         "dev=$(ip -o -4 addr show | "
