@@ -171,6 +171,22 @@ def read_new_password(from_stdin: bool) -> str:
     return first
 
 
+UPGRADE_HELP = """\
+Replace hosts by hosts on a new OS release, under load. Each new mail node is deployed
+holding no mailbox; the old node's users move to it (sessions drained first), its queue
+is delivered, it is removed, and the cluster's health is checked before the next batch.
+Then the webmail and db hosts, one at a time (RoundCube's database copied). The plan is
+kept in secrets_dir/upgrade.json: after any stop, run `mailctl upgrade` with no node
+names to resume.
+
+In the lab the command boots the new machines itself (`lab add --platform`) and removes
+the old ones:
+  mailctl -i inventory/lab.py upgrade mail01=mail04 mail02=mail05 webmail01=webmail02
+In production it stops wherever you act (new hosts into the site file, DNS, power off)
+and says what to do. docs/RUNBOOK.md, "Upgrade the OS".
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     # `mailctl users | head`: end quietly when the reader goes away.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -209,10 +225,21 @@ def main(argv: list[str] | None = None) -> int:
         help="replace hosts by hosts on a new OS release: mail nodes a batch at a time, "
         "then webmail and db hosts one at a time, RoundCube's database copied "
         "(docs/RUNBOOK.md, Upgrade the OS)",
+        description=UPGRADE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p_upgrade.add_argument("pairs", nargs="*", metavar="OLD=NEW", help="omit to resume")
-    p_upgrade.add_argument("--to", default="ubuntu24.04", help="the new nodes' OS")
-    p_upgrade.add_argument("--batch", type=int, default=1, help="nodes replaced at once")
+    p_upgrade.add_argument(
+        "pairs",
+        nargs="*",
+        metavar="OLD=NEW",
+        help="an old host and its replacement; omit to resume",
+    )
+    p_upgrade.add_argument(
+        "--to", default="ubuntu24.04", help="the new hosts' OS (default ubuntu24.04)"
+    )
+    p_upgrade.add_argument(
+        "--batch", type=int, default=1, help="mail nodes replaced at once (default 1)"
+    )
     args = parser.parse_args(argv)
     if args.cmd == "status":
         return status(args.inventory, args.json)
