@@ -212,15 +212,6 @@ def webmail() -> None:
         banner=False,  # one line per entry; libpq's format has no place for it
         secret=True,
     )
-    if me.name == schema_node(site):  # one node creates or upgrades the shared schema
-        roundcube_schema(
-            name="RoundCube's schema (created once, upgraded in place)", dsn_host=dsn_host
-        )
-        roundcube_mail_host(
-            name="RoundCube's users keyed by the IMAP service name",
-            dsn_host=dsn_host,
-            mail_host=str(site.service_names["imap"]),
-        )
     del pgpass
 
     config = managed_file(
@@ -246,6 +237,18 @@ def webmail() -> None:
         group="www-data",
         notify=[f"php{php}-fpm.reload"],
     )
+    # After the configuration: updatedb.sh (a schema upgrade, e.g. RoundCube 1.4 -> 1.6 on
+    # a new host during an OS upgrade) reads the database from config.inc.php, which on a
+    # fresh host is still the package's (localhost, as root: refused).
+    if me.name == schema_node(site):  # one node creates or upgrades the shared schema
+        roundcube_schema(
+            name="RoundCube's schema (created once, upgraded in place)", dsn_host=dsn_host
+        )
+        roundcube_mail_host(
+            name="RoundCube's users keyed by the IMAP service name",
+            dsn_host=dsn_host,
+            mail_host=str(site.service_names["imap"]),
+        )
     files.directory(name="RoundCube's mailcluster plugin folder", path=PLUGIN_DIR, mode="755")
     plugin = managed_file(
         name="RoundCube plugin: the browser's address to Dovecot, no retry of a wrong password",
