@@ -56,10 +56,13 @@ test-platforms: host-deps venv
 	$(PY) -m pytest -q tests/infra tests/e2e
 
 ## test-upgrade: the OS upgrade under load: the small topology plus a spare mail node, all
-## on Ubuntu 20.04, deployed; then every mail node replaced by one on 24.04 while
-## clients log in through every node and mail arrives (bench/upgrade.py).
+## on Ubuntu 20.04, deployed; then every host replaced by one on 24.04 while clients log
+## in through every node and mail arrives (bench/upgrade.py). The webmail host is on the
+## recommended layout's Debian 12; `make test-upgrade WEBMAIL_PLATFORM=ubuntu20.04` puts
+## it on 20.04 instead (RoundCube 1.4 -> 1.6 and its schema upgrade; not in .ci/run).
 test-upgrade: host-deps venv
-	$(PY) -m mailcluster.lab up --topology small --platform ubuntu20.04
+	$(PY) -m mailcluster.lab up --topology small --platform ubuntu20.04 \
+		$(if $(WEBMAIL_PLATFORM),--webmail-platform $(WEBMAIL_PLATFORM))
 	$(PY) -m mailcluster.lab add mail03 --platform ubuntu20.04
 	$(MAKE) --no-print-directory deploy
 	$(PY) -m pytest -q tests/upgrade

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from mailcluster import accounts as accounts_mod
-from mailcluster import webmail_security
+from mailcluster import site as site_mod
+from mailcluster import upgrade_plan, webmail_security
 from mailcluster.lab import config, daemons, homes, image, machines, net, pki, platforms
 from mailcluster.lab.system import (
     LabError,
@@ -304,6 +305,10 @@ def up(topology: str, platform: str = platforms.DEFAULT, webmail: str | None = N
             | {u["user"]: bench_hash for u in bench["users"]},
         )
         users = users + bench["users"]
+        # An OS upgrade's plan and failover marks describe the machines just destroyed: a
+        # fresh lab that kept them would deploy towards nodes it does not have.
+        for leftover in (upgrade_plan.PLAN_FILE, site_mod.FAILED_NODES_FILE):
+            (config.SECRETS / "site" / leftover).unlink(missing_ok=True)
         key, pub = _ssh_key()
         tls_key, tls_cert = _leaf(ms)
         _, ca = pki.ensure_ca()
